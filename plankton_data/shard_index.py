@@ -1,0 +1,90 @@
+"""The shard folder index (``index.json``): the commit marker of every shard folder.
+
+Written last, atomically, into ``shards/<name>/``. Loaders take the shard list, sample counts and pixel
+statistics from here and never scan tars. Layout::
+
+    {
+      "format": "plankton-shards/1",
+      "name": "kaggle",                 # dataset id or shard-set name
+      "kind": "dataset" | "shardset",
+      "image_format": "jpg",            # member extension of the image in every sample
+      "size": 256,                      # side of the stored square images (0 = native sizes)
+      "total": 30336,                   # samples over all shards
+      "mean": 0.91, "std": 0.17,        # pixel mean/std of the stored images, in [0, 1] units
+      "shards": [{"name": "kaggle-000000.tar", "count": 2000, "bytes": 41230848, "sha256": "..."}],
+      "manifest": "manifests/kaggle.parquet",   # informational
+      "args": {...},                    # the arguments that produced the folder
+      "version": "0.1.0"                # plankton_data version that wrote it
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from plankton_data.errors import SchemaError
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "plankton-shards/1"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One tar of a shard folder."""
+
+    name: str  # file name inside the shard folder
+    count: int  # samples in the tar
+    bytes: int  # file size
+    sha256: str  # hex digest of the whole file
+
+
+@dataclass
+class ShardIndex:
+    """Contents of ``index.json``; see the module docstring."""
+
+    name: str
+    kind: str
+    image_format: str
+    size: int
+    total: int
+    mean: float
+    std: float
+    shards: list[ShardInfo]
+    manifest: str = ""
+    args: dict = field(default_factory=dict)
+    version: str = ""
+    format: str = INDEX_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def write_index(index: ShardIndex, folder: Path) -> Path:
+    """Write ``folder/index.json`` atomically (temp + fsync + rename)."""
+    path = folder / INDEX_NAME
+    tmp = folder / f".{INDEX_NAME}.partial"
+    tmp.write_text(index.to_json())
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_index(folder: Path | str) -> ShardIndex:
+    """Read ``index.json`` from a shard folder (or the path of the file itself)."""
+    path = Path(folder)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.is_file():
+        raise SchemaError(f"no shard index at {path} (was the folder fully written?)")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != INDEX_FORMAT:
+            raise SchemaError(f"{path}: unknown index format {data.get('format')!r}")
+        data["shards"] = [ShardInfo(**s) for s in data["shards"]]
+        return ShardIndex(**data)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise SchemaError(f"{path}: malformed shard index ({exc})") from exc
