@@ -20,17 +20,37 @@ SCHEMA_VERSION = "1"
 
 #: (name, arrow type, nullable, one-line meaning). The order is the column order on disk.
 COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
-    ("key", pa.string(), False, "sample key: `<dataset>_<16 hex>`; tar members are `<key>.<image_format>` and `<key>.json`"),
-    ("dataset", pa.string(), False, "dataset id (kaggle, zoolake, syke_zooscan, pmid2019, syke_ifcb, ude_diatoms, daplankton)"),
+    (
+        "key",
+        pa.string(),
+        False,
+        "sample key: `<dataset>_<16 hex>`; tar members are `<key>.<image_format>` and `<key>.json`",
+    ),
+    (
+        "dataset",
+        pa.string(),
+        False,
+        "dataset id (kaggle, zoolake, syke_zooscan, pmid2019, syke_ifcb, ude_diatoms, daplankton)",
+    ),
     ("source", pa.string(), False, "path of the input inside `--raw`, `/`-joined through archives"),
-    ("label_raw", pa.string(), False, "label exactly as published (folder name, XML `<name>`, CSV value); empty if unlabelled"),
+    (
+        "label_raw",
+        pa.string(),
+        False,
+        "label exactly as published (folder name, XML `<name>`, CSV value); empty if unlabelled",
+    ),
     ("label", pa.string(), False, "normalised label: lower case, spaces and hyphens as `_`; empty if unlabelled"),
     ("split", pa.string(), False, "split published with the dataset (train/val/test/unlabeled); empty if none"),
     ("subset", pa.string(), False, "DAPlankton subset (`lab` or `sea`); empty elsewhere"),
     ("instrument", pa.string(), False, "imaging instrument (IFCB, CS, FC, ZooScan, ISIIS, DSPC, microscope)"),
     ("orig_width", pa.int32(), False, "width of the published image in pixels, before any crop"),
     ("orig_height", pa.int32(), False, "height of the published image in pixels, before any crop"),
-    ("crop_x0", pa.int32(), True, "left edge of the crop box in published-image pixels (0-based, inclusive); null if no crop"),
+    (
+        "crop_x0",
+        pa.int32(),
+        True,
+        "left edge of the crop box in published-image pixels (0-based, inclusive); null if no crop",
+    ),
     ("crop_y0", pa.int32(), True, "top edge of the crop box (0-based, inclusive); null if no crop"),
     ("crop_x1", pa.int32(), True, "right edge of the crop box (exclusive); null if no crop"),
     ("crop_y1", pa.int32(), True, "bottom edge of the crop box (exclusive); null if no crop"),
@@ -38,11 +58,21 @@ COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("height", pa.int32(), False, "height of the stored image in pixels"),
     ("image_format", pa.string(), False, "encoding of the stored image member: `jpg` or `png`"),
     ("image_sha256", pa.string(), False, "sha256 (hex) of the stored image bytes"),
-    ("shard", pa.string(), False, "tar holding the sample, relative to the shards root (e.g. `kaggle/kaggle-000000.tar`)"),
+    (
+        "shard",
+        pa.string(),
+        False,
+        "tar holding the sample, relative to the shards root (e.g. `kaggle/kaggle-000000.tar`)",
+    ),
     ("offset", pa.int64(), False, "byte offset of the image member's data inside the tar"),
     ("length", pa.int64(), False, "byte length of the image member's data"),
     ("preprocess", pa.string(), False, "JSON of the preprocessing applied (version, steps, size, encoding, seed)"),
-    ("meta", pa.string(), False, "JSON of dataset-specific extras (ZooLake features, VOC flags, UDE columns...); `{}` if none"),
+    (
+        "meta",
+        pa.string(),
+        False,
+        "JSON of dataset-specific extras (ZooLake features, VOC flags, UDE columns...); `{}` if none",
+    ),
 )
 
 #: Columns that only shard sets (``plankton-data shard``) carry: where the sample came from.
@@ -56,7 +86,13 @@ REJECT_COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("dataset", pa.string(), False, "dataset id"),
     ("source", pa.string(), False, "path of the rejected input inside `--raw`"),
     ("label_raw", pa.string(), False, "label as published, if known"),
-    ("reason", pa.string(), False, "why it was rejected (one line)"),
+    ("reason", pa.string(), False, "why it was rejected or skipped (one line)"),
+    (
+        "kind",
+        pa.string(),
+        False,
+        "`reject` (an input that should have been a sample) or `skipped` (not a sample: e.g. a PDF)",
+    ),
 )
 
 COLUMN_NAMES = tuple(c[0] for c in COLUMNS)

@@ -99,7 +99,9 @@ class TarShardWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self.path)
-        self.info = ShardInfo(name=self.path.name, count=self.count, bytes=self._hf.pos, sha256=self._hf.sha.hexdigest())
+        self.info = ShardInfo(
+            name=self.path.name, count=self.count, bytes=self._hf.pos, sha256=self._hf.sha.hexdigest()
+        )
         return self.info
 
     def abort(self) -> None:

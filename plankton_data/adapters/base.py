@@ -1,0 +1,113 @@
+"""What an adapter is: it reads a published layout and describes samples; it never decodes or writes.
+
+An adapter turns a :class:`~plankton_data.sources.RawTree` into a :class:`Scan`: one :class:`RawRecord` per
+image to process (with its label, native split and metadata), plus the inputs it had to reject and the
+files it skipped, each with a reason. Decoding, cropping, padding and writing are shared stages.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from plankton_data.sources import Member, RawTree, is_image
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """Static facts about a dataset, shown by ``plankton-data datasets`` and used in error messages."""
+
+    id: str
+    title: str
+    homepage: str
+    license: str
+    raw_hint: str  # what --raw should point at
+    layout: str  # the layout the adapter looks for, in one line
+    instrument: str  # default manifest `instrument`
+    expected: str = ""  # published sample/class counts
+
+
+@dataclass(frozen=True)
+class Box:
+    """A crop box in published-image pixels, 0-based, end-exclusive (not yet clipped to the image)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    label_raw: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One input image. With ``boxes`` it yields one sample per box (PMID2019), else one sample."""
+
+    source: str  # Member.path
+    member: Member
+    label_raw: str
+    split: str = ""
+    subset: str = ""
+    instrument: str = ""
+    step: str = ""  # dataset-specific preprocessing: "" or "zooprocess_legend"
+    boxes: tuple[Box, ...] = ()
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An input that did not become a sample (``kind='reject'``) or a file that is not one (``'skipped'``)."""
+
+    source: str
+    reason: str
+    label_raw: str = ""
+    kind: str = "reject"
+
+
+@dataclass
+class Scan:
+    records: list[RawRecord] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def skip(self, source: str, reason: str) -> None:
+        self.rejects.append(Reject(source, reason, kind="skipped"))
+
+    def reject(self, source: str, reason: str, label_raw: str = "") -> None:
+        self.rejects.append(Reject(source, reason, label_raw))
+
+
+class DatasetAdapter(Protocol):
+    info: ClassVar[AdapterInfo]
+
+    def scan(self, tree: RawTree) -> Scan:
+        """Describe every sample under ``tree``; reject/skip the rest with reasons."""
+        ...
+
+
+def normalize_label(label: str) -> str:
+    """Published label -> comparable label: NFKC, trimmed, lower case, runs of spaces/hyphens -> ``_``.
+
+    ``"Cryptophyceae-Teleaulax"`` and ``"Cryptophyceae_Teleaulax"`` both become ``cryptophyceae_teleaulax``.
+    """
+    text = unicodedata.normalize("NFKC", label).strip().lower()
+    return re.sub(r"[\s\-]+", "_", text)
+
+
+def match_images(tree: RawTree, pattern: re.Pattern[str], scan: Scan, metadata: re.Pattern[str] | None = None):
+    """Yield ``(member, match)`` for members matching ``pattern``; file everything else in ``scan``.
+
+    Images outside the layout are rejected (they look like data but cannot be labelled); other files are
+    skipped unless ``metadata`` matches them (label files the adapter reads itself).
+    """
+    for m in tree.members:
+        hit = pattern.search(m.path)
+        if hit and is_image(m.path):
+            yield m, hit
+        elif metadata is not None and metadata.search(m.path):
+            continue
+        elif is_image(m.path):
+            scan.reject(m.path, "image outside the published layout")
+        else:
+            scan.skip(m.path, "not an image")

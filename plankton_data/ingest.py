@@ -1,0 +1,266 @@
+"""``ingest``: one published dataset -> ``shards/<dataset>/*.tar`` + ``manifests/<dataset>.parquet``.
+
+The parent process scans the layout, reads member bytes straight from the archives, and writes the tars;
+worker processes do the CPU work (:func:`plankton_data.preprocess.process_task`). Records are processed in
+sorted source order and results are consumed in that order, so the output is byte-identical for any
+number of workers.
+
+Atomicity and resume: shards are built in ``shards/.<dataset>.staging-<plan>/``. Each finished shard is a
+tar plus a ``.rows.parquet`` sidecar (its manifest rows, rejects and pixel sums), both renamed into place
+only when complete. A rerun of the same plan skips finished shards. At the end the staging folder gets its
+``index.json``, replaces ``shards/<dataset>/``, and the rejects list and the manifest are written last (the
+manifest is the commit marker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from plankton_data import __version__
+from plankton_data.adapters import get_adapter
+from plankton_data.adapters.base import Reject, Scan
+from plankton_data.errors import MissingRawData
+from plankton_data.manifest import MANIFEST_SCHEMA, REJECTS_SCHEMA, to_table, write_table
+from plankton_data.preprocess import (
+    PREPROCESS_VERSION,
+    Failure,
+    PreprocessConfig,
+    Sample,
+    Task,
+    process_batch,
+    process_task,
+)
+from plankton_data.shard_index import ShardIndex, ShardInfo, write_index
+from plankton_data.sources import RawTree
+from plankton_data.tarwriter import TarShardWriter
+
+log = logging.getLogger(__name__)
+
+#: ``progress(done_records, total_records)``, called from the parent process.
+ProgressFn = Callable[[int, int], None]
+_BATCH = 32  # records per worker round trip
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run produced; the CLI renders it."""
+
+    dataset: str
+    samples: int
+    rejects: int
+    skipped: int
+    shards: int
+    bytes: int
+    seconds: float
+    manifest: Path
+    rejects_path: Path
+    shard_dir: Path
+    mean: float
+    std: float
+    resumed_shards: int = 0
+    classes: dict[str, int] = field(default_factory=dict)  # label_raw -> samples
+    rejected_classes: dict[str, int] = field(default_factory=dict)  # label_raw -> rejects
+    reasons: dict[str, int] = field(default_factory=dict)  # reject/skip reason -> count
+
+
+def ingest(
+    dataset: str,
+    raw: Path | str,
+    shards_root: Path | str = "shards",
+    manifests_root: Path | str = "manifests",
+    config: PreprocessConfig = PreprocessConfig(),
+    workers: int = 1,
+    records_per_shard: int = 2000,
+    progress: ProgressFn | None = None,
+) -> IngestReport:
+    """Ingest ``dataset`` from ``raw`` (archive(s) or folder as published). See the module docstring."""
+    if config.image_format not in ("jpg", "png"):
+        raise ValueError(f"image format must be jpg or png, not {config.image_format!r}")
+    adapter = get_adapter(dataset)
+    shards_root, manifests_root = Path(shards_root), Path(manifests_root)
+    start = time.perf_counter()
+    with RawTree(raw) as tree:
+        scan = adapter.scan(tree)
+        if not scan.records:
+            info = adapter.info
+            raise MissingRawData(f"{raw} does not hold {info.title}: expected {info.layout} (pass {info.raw_hint})")
+        scan.records.sort(key=lambda r: r.source)
+        plan = _plan_id(dataset, scan, config, records_per_shard)
+        staging = shards_root / f".{dataset}.staging-{plan}"
+        staging.mkdir(parents=True, exist_ok=True)
+        chunks = [scan.records[i : i + records_per_shard] for i in range(0, len(scan.records), records_per_shard)]
+        names = [f"{dataset}-{i:06d}.tar" for i in range(len(chunks))]
+        todo = [i for i, name in enumerate(names) if not (staging / f"{name}.rows.parquet").is_file()]
+        done = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+        if progress:
+            progress(done, len(scan.records))
+        results = _run(dataset, tree, [r for i in todo for r in chunks[i]], config, workers)
+        for i in todo:
+            done += _write_shard(staging, dataset, names[i], chunks[i], results)
+            if progress:
+                progress(done, len(scan.records))
+    return _commit(
+        dataset,
+        staging,
+        names,
+        scan,
+        config,
+        shards_root,
+        manifests_root,
+        plan,
+        len(chunks) - len(todo),
+        time.perf_counter() - start,
+        records_per_shard,
+    )
+
+
+def _plan_id(dataset: str, scan: Scan, config: PreprocessConfig, per_shard: int) -> str:
+    """Hash of everything that decides the output, so a rerun resumes only an identical plan."""
+    h = hashlib.sha256(json.dumps([dataset, asdict(config), per_shard, PREPROCESS_VERSION]).encode())
+    for r in scan.records:
+        h.update(f"{r.source}\0{r.member.size}\0{r.label_raw}\0{r.split}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def _run(dataset: str, tree: RawTree, records: list, config: PreprocessConfig, workers: int) -> Iterator[list]:
+    """Results of :func:`process_task` in record order; bytes are read lazily, at most a window ahead."""
+    tasks = (Task(dataset, r, _read(tree, r), config) for r in records)
+    if workers <= 1:
+        yield from map(process_task, tasks)
+        return
+    window = 4 * workers  # batches in flight: bounds memory whatever the dataset size
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        for batch in _batched(tasks, _BATCH):
+            pending.append(pool.submit(process_batch, batch))
+            if len(pending) >= window:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _batched(items: Iterator, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _read(tree: RawTree, record) -> bytes:
+    try:
+        return tree.read(record.member)
+    except Exception as exc:  # damaged member: becomes a reject, not a crash
+        log.warning("cannot read %s: %s", record.source, exc)
+        return b""
+
+
+def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: Iterator[list]) -> int:
+    rows, rejects = [], []
+    psum = psq = npx = 0
+    with TarShardWriter(staging / name) as writer:
+        for _ in chunk:
+            for out in next(results):
+                if isinstance(out, Failure):
+                    rejects.append(Reject(out.source, out.reason, out.label_raw))
+                    continue
+                assert isinstance(out, Sample)
+                loc = writer.add(out.row["key"], {out.row["image_format"]: out.image, "json": out.meta_json})
+                image_loc = loc[out.row["image_format"]]
+                rows.append(dict(out.row, shard=f"{dataset}/{name}", offset=image_loc.offset, length=image_loc.length))
+                psum, psq, npx = psum + out.pixel_sum, psq + out.pixel_sq, npx + out.pixels
+    info = writer.info
+    sidecar = to_table(rows).replace_schema_metadata(
+        {
+            "shard": json.dumps(asdict(info)),
+            "pixels": json.dumps([psum, psq, npx]),
+            "rejects": json.dumps([asdict(r) for r in rejects]),
+        }
+    )
+    write_table(sidecar, staging / f"{name}.rows.parquet")
+    return len(chunk)
+
+
+def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, plan, resumed, seconds, per_shard):
+    tables, infos, rejects = [], [], list(scan.rejects)
+    psum = psq = npx = 0
+    for name in names:
+        table = pq.read_table(staging / f"{name}.rows.parquet")
+        meta = table.schema.metadata
+        infos.append(ShardInfo(**json.loads(meta[b"shard"])))
+        s, q, n = json.loads(meta[b"pixels"])
+        psum, psq, npx = psum + s, psq + q, npx + n
+        rejects += [Reject(**r) for r in json.loads(meta[b"rejects"])]
+        tables.append(table.replace_schema_metadata(None))
+    manifest = pa.concat_tables(tables).cast(MANIFEST_SCHEMA) if tables else MANIFEST_SCHEMA.empty_table()
+    # Exact integer sums of uint8 pixels -> mean/std in [0, 1] units.
+    mean = psum / npx / 255.0 if npx else 0.0
+    std = math.sqrt(max(0.0, psq / npx / 65025.0 - mean * mean)) if npx else 0.0
+    manifest_path = manifests_root / f"{dataset}.parquet"
+    write_index(
+        ShardIndex(
+            name=dataset,
+            kind="dataset",
+            image_format=config.image_format,
+            size=config.size,
+            total=manifest.num_rows,
+            mean=mean,
+            std=std,
+            shards=infos,
+            manifest=str(manifest_path),
+            args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
+            version=__version__,
+        ),
+        staging,
+    )
+    for name in names:
+        (staging / f"{name}.rows.parquet").unlink()
+    final = shards_root / dataset
+    if final.exists():
+        old = shards_root / f".{dataset}.old-{plan}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final)
+    rejects_path = manifests_root / f"{dataset}.rejects.parquet"
+    write_table(to_table([dict(asdict(r), dataset=dataset) for r in rejects], REJECTS_SCHEMA), rejects_path)
+    write_table(manifest, manifest_path)
+    labels = manifest.column("label_raw").to_pylist()
+    return IngestReport(
+        dataset=dataset,
+        samples=manifest.num_rows,
+        rejects=sum(r.kind == "reject" for r in rejects),
+        skipped=sum(r.kind == "skipped" for r in rejects),
+        shards=len(infos),
+        bytes=sum(i.bytes for i in infos),
+        seconds=seconds,
+        manifest=manifest_path,
+        rejects_path=rejects_path,
+        shard_dir=final,
+        mean=mean,
+        std=std,
+        resumed_shards=resumed,
+        classes=dict(sorted(Counter(labels).items())),
+        rejected_classes=dict(sorted(Counter(r.label_raw for r in rejects if r.kind == "reject").items())),
+        reasons=dict(Counter(r.reason for r in rejects).most_common()),
+    )
