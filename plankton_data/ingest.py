@@ -83,12 +83,13 @@ def ingest(
     raw: Path | str,
     shards_root: Path | str = "shards",
     manifests_root: Path | str = "manifests",
-    config: PreprocessConfig = PreprocessConfig(),
+    config: PreprocessConfig | None = None,
     workers: int = 1,
     records_per_shard: int = 2000,
     progress: ProgressFn | None = None,
 ) -> IngestReport:
     """Ingest ``dataset`` from ``raw`` (archive(s) or folder as published). See the module docstring."""
+    config = config or PreprocessConfig()
     if config.image_format not in ("jpg", "png"):
         raise ValueError(f"image format must be jpg or png, not {config.image_format!r}")
     adapter = get_adapter(dataset)

@@ -166,7 +166,7 @@ def process_task(task: Task) -> list[Sample | Failure]:
             )
         ]
     results: list[Sample | Failure] = []
-    for k, box in zip(rec.meta.get("box_ids", range(len(rec.boxes))), rec.boxes):
+    for k, box in zip(rec.meta.get("box_ids", range(len(rec.boxes))), rec.boxes, strict=True):
         results.append(_crop_sample(task, gray, k, box))
     return results
 

@@ -1,0 +1,217 @@
+"""The ``plankton-data`` command line: a thin Typer/Rich layer over the library.
+
+Every command calls one library function and renders its result. Errors the user can fix
+(:class:`~plankton_data.errors.PlanktonDataError`) become one red line and exit status 1; set
+``PLANKTON_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from plankton_data import __version__
+from plankton_data.adapters import DATASET_IDS, get_adapter, list_adapters
+from plankton_data.errors import PlanktonDataError
+from plankton_data.ingest import IngestReport, ingest
+from plankton_data.preprocess import PreprocessConfig
+
+app = typer.Typer(
+    name="plankton-data",
+    help="Turn published plankton datasets into WebDataset shards and Parquet manifests.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ShardsOpt = Annotated[Path, typer.Option("--shards", help="Root folder of shard folders.")]
+ManifestsOpt = Annotated[Path, typer.Option("--manifests", help="Folder of Parquet manifests.")]
+DEFAULT_WORKERS = os.cpu_count() or 1
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes for image work.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"plankton-data {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Turn published plankton datasets into WebDataset shards and Parquet manifests."""
+
+
+class _RichProgress:
+    """Rich progress bar with images/s, fed by the library's ``progress(done, total)`` callback."""
+
+    def __init__(self, label: str) -> None:
+        self._bar = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>7.0f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+        self._t0 = time.perf_counter()
+        self._first = 0
+
+    def __enter__(self) -> _RichProgress:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._task = self._bar.add_task("", total=total, rate=0.0)
+            self._first = done  # resumed work does not count towards the rate
+        rate = (done - self._first) / max(1e-9, time.perf_counter() - self._t0)
+        self._bar.update(self._task, completed=done, rate=rate)
+
+
+def render_report(report: IngestReport, max_classes: int = 40) -> None:
+    """Summary table: counts per class (samples and rejects), totals, where the outputs are."""
+    table = Table(title=f"{report.dataset}: {report.samples:,} samples in {len(report.classes)} classes")
+    table.add_column("label (as published)")
+    table.add_column("samples", justify="right")
+    table.add_column("rejects", justify="right")
+    labels = sorted(set(report.classes) | set(report.rejected_classes))
+    shown = (
+        labels if len(labels) <= max_classes else sorted(labels, key=lambda k: -report.classes.get(k, 0))[:max_classes]
+    )
+    for label in sorted(shown):
+        table.add_row(
+            label or "(unlabelled)", f"{report.classes.get(label, 0):,}", f"{report.rejected_classes.get(label, 0):,}"
+        )
+    if len(shown) < len(labels):
+        table.add_row(f"... {len(labels) - len(shown)} more classes (see the manifest)", "", "")
+    table.add_section()
+    table.add_row("[bold]total", f"[bold]{report.samples:,}", f"[bold]{report.rejects:,}")
+    out.print(table)
+    for reason, n in report.reasons.items():
+        out.print(f"  {n:>6,} × {reason}")
+    rate = report.samples / report.seconds if report.seconds else 0.0
+    out.print(
+        f"[green]✓[/] {report.samples:,} samples, {report.rejects:,} rejects, {report.skipped:,} skipped files"
+        f" → {report.shards} shards ({report.bytes / 1e6:,.1f} MB) in {report.shard_dir}"
+        f"  [dim]{report.seconds:.1f} s, {rate:,.0f} img/s"
+        + (f", {report.resumed_shards} shards resumed" if report.resumed_shards else "")
+        + "[/]"
+    )
+    out.print(
+        f"  manifest {report.manifest}  rejects {report.rejects_path}  mean {report.mean:.4f} std {report.std:.4f}"
+    )
+
+
+@app.command("ingest")
+def ingest_cmd(
+    dataset: Annotated[str, typer.Argument(help=f"Dataset id: {', '.join(DATASET_IDS)}.", show_default=False)],
+    raw: Annotated[Path, typer.Option("--raw", help="What you downloaded: archive(s) or the unpacked folder.")],
+    size: Annotated[int, typer.Option(help="Output side in pixels (0 keeps the padded native size).", min=0)] = 256,
+    image_format: Annotated[
+        str, typer.Option("--format", help="Stored encoding: jpg (fast) or png (lossless).")
+    ] = "jpg",
+    quality: Annotated[int, typer.Option(help="JPEG quality.", min=50, max=100)] = 95,
+    seed: Annotated[int, typer.Option(help="Seed of the padding noise.")] = 0,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    records_per_shard: Annotated[int, typer.Option(help="Input images per tar shard.", min=1)] = 2000,
+    shards: ShardsOpt = Path("shards"),
+    manifests: ManifestsOpt = Path("manifests"),
+) -> None:
+    """Ingest one dataset as published into shards/<dataset>/ and manifests/<dataset>.parquet.
+
+    Example: plankton-data ingest kaggle --raw ~/Downloads/ndsb/ --workers 8
+    """
+    get_adapter(dataset)  # unknown ids fail before any work
+    if image_format not in ("jpg", "png"):
+        raise PlanktonDataError(f"--format must be jpg or png, not {image_format!r}")
+    cfg = PreprocessConfig(size=size, image_format=image_format, quality=quality, seed=seed)
+    with _RichProgress(f"ingest {dataset}") as progress:
+        report = ingest(dataset, raw, shards, manifests, cfg, workers, records_per_shard, progress)
+    render_report(report)
+
+
+@app.command("datasets")
+def datasets_cmd() -> None:
+    """List the supported datasets, where to get them and what --raw accepts.
+
+    Example: plankton-data datasets
+    """
+    table = Table(title="Supported datasets", show_lines=True)
+    for col in ("id", "dataset", "--raw", "layout", "published counts", "licence"):
+        table.add_column(col)
+    for info in list_adapters():
+        table.add_row(
+            info.id, f"{info.title}\n[dim]{info.homepage}", info.raw_hint, info.layout, info.expected, info.license
+        )
+    out.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where to write sample raw data, shards and manifests.")
+    ] = Path("sample_data"),
+    workers: WorkersOpt = DEFAULT_WORKERS,
+) -> None:
+    """Generate small raw archives of all seven datasets in their published layouts, then ingest each.
+
+    Example: plankton-data demo --out sample_data
+    """
+    from plankton_data.fixtures import write_all
+
+    raws = write_all(out_dir / "raw")
+    for dataset, fixture in raws.items():
+        report = ingest(dataset, fixture.raw, out_dir / "shards", out_dir / "manifests", workers=workers)
+        render_report(report, max_classes=12)
+        if (report.samples, report.rejects) != (fixture.samples, fixture.rejects):
+            raise PlanktonDataError(
+                f"{dataset}: expected {fixture.samples} samples / {fixture.rejects} rejects, "
+                f"got {report.samples} / {report.rejects}"
+            )
+    out.print(f"[green]✓[/] all {len(raws)} datasets ingested into {out_dir}/shards and {out_dir}/manifests")
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors, non-zero exit, no tracebacks (unless PLANKTON_DEBUG=1)."""
+    try:
+        app(standalone_mode=False)
+    except PlanktonDataError as exc:
+        if os.environ.get("PLANKTON_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] finished shards are kept; rerun the same command to resume")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        # Usage errors (missing option, bad value) from the click that Typer bundles: show the usage line.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+__all__ = ["app", "main"]
