@@ -72,31 +72,48 @@ def remove_zooprocess_legend(gray: np.ndarray, footer: int = ZOOPROCESS_FOOTER_P
     return out
 
 
+#: Row ``m``: the 256 gray values ordered by distance from ``m`` (ties: below before above).
+_BY_DISTANCE = np.array(
+    [sorted(range(256), key=lambda v, m=m: (abs(v - m), v > m)) for m in range(256)], dtype=np.int64
+)
+
+
 def edge_background(gray: np.ndarray, closest_fraction: float = 0.2) -> tuple[int, float]:
     """Background colour and noise level estimated from the image border.
 
     Returns ``(mode, std)``: the most common value of all edge pixels, and the standard deviation of the
     ``closest_fraction`` of edge pixels nearest that mode (the paper's recipe: it ignores object pixels that
-    touch the border, so the noise matches the background rather than the organism).
+    touch the border, so the noise matches the background rather than the organism). Works on the 256-bin
+    histogram of the edge: pixels are taken in rings of growing distance ``d`` from the mode (value
+    ``mode - d`` before ``mode + d``) until the fraction is reached.
     """
-    edge = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]]).astype(np.int16)
-    mode = int(np.bincount(edge, minlength=256).argmax())
-    k = max(1, int(round(closest_fraction * edge.size)))
-    nearest = edge[np.argsort(np.abs(edge - mode), kind="stable")[:k]]
-    return mode, float(nearest.std())
+    edge = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+    hist = np.bincount(edge, minlength=256).astype(np.int64)
+    mode = int(hist.argmax())
+    need = max(1, int(round(closest_fraction * edge.size)))
+    values = _BY_DISTANCE[mode]
+    counts = hist[values]
+    taken = np.minimum(counts, np.maximum(0, need - (np.cumsum(counts) - counts)))
+    n = taken.sum()
+    mean = float(taken @ values) / n
+    var = max(0.0, float(taken @ (values * values)) / n - mean * mean)
+    return mode, float(np.sqrt(var))
 
 
-def pad_to_square(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def pad_to_square(
+    gray: np.ndarray, rng: np.random.Generator, background: tuple[int, float] | None = None
+) -> np.ndarray:
     """Pad the shorter side so the image is square, centred, on background-matched noise.
 
     The canvas is ``N(mode, std)`` noise from :func:`edge_background`, clipped to [0, 255], so the model
-    cannot tell padding from real background by its flatness. ``H x W`` -> ``S x S`` with ``S = max(H, W)``.
+    cannot tell padding from real background by its flatness. ``background`` passes a precomputed
+    ``(mode, std)``. ``H x W`` -> ``S x S`` with ``S = max(H, W)``.
     """
     h, w = gray.shape
     if h == w:
         return gray
     side = max(h, w)
-    mode, std = edge_background(gray)
+    mode, std = background if background is not None else edge_background(gray)
     canvas = rng.normal(mode, std, size=(side, side)) if std > 0 else np.full((side, side), float(mode))
     canvas = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     y0, x0 = (side - h) // 2, (side - w) // 2

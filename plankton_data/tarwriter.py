@@ -1,24 +1,24 @@
 """Deterministic, atomic WebDataset tar writing that records where each member's bytes land.
 
-Why not ``webdataset.ShardWriter``: it writes straight to the final name (a crash leaves a truncated tar
-that looks complete), stamps the current time into headers (reruns differ), and does not report member
-offsets. This writer streams to ``NAME.partial``, hashes while writing, and renames on close; headers carry
-fixed mtime/owner/mode so the same samples give byte-identical tars. The result is a plain USTAR tar that
-``webdataset``, ``tar`` and Python's ``tarfile`` read.
+Why not ``webdataset.ShardWriter`` (or ``tarfile``): the former writes straight to the final name (a crash
+leaves a truncated tar that looks complete) and stamps the current time into headers (reruns differ);
+both cost ~150 µs of Python per member. This writer builds the fixed 512-byte USTAR headers itself
+(mtime 0, owner 0/0, mode 0444), streams to ``NAME.partial`` while hashing, and renames on close, so the
+same samples give byte-identical tars and each member's data offset is known as it is written. The result
+is a plain POSIX tar that ``webdataset``, GNU ``tar`` and Python's ``tarfile`` read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from plankton_data.shard_index import ShardInfo
 
-_BLOCK = 512
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar pads the archive to whole 10 KiB records, as GNU tar and tarfile do
 
 
 @dataclass(frozen=True)
@@ -29,26 +29,27 @@ class MemberLocation:
     length: int  # data length in bytes
 
 
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes and counts everything written through it."""
-
-    def __init__(self, fh: io.BufferedWriter) -> None:
-        self._fh = fh
-        self.sha = hashlib.sha256()
-        self.pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self._fh.write(data)
-        self.sha.update(data)
-        self.pos += len(data)
-        return len(data)
+def ustar_header(name: str, size: int) -> bytes:
+    """A 512-byte POSIX ustar header for a regular file with fixed metadata."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"member name longer than 100 bytes: {name!r}")
+    header = bytearray(BLOCK)
+    header[0 : len(raw)] = raw
+    header[100:108] = b"0000444\0"  # mode
+    header[108:116] = b"0000000\0"  # uid
+    header[116:124] = b"0000000\0"  # gid
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"  # mtime
+    header[148:156] = b" " * 8  # checksum placeholder
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
 
 
 class TarShardWriter:
-    """Write one tar shard atomically. Use as a context manager; ``close()`` commits.
+    """Write one tar shard atomically. Use as a context manager; leaving it normally commits.
 
     Example::
 
@@ -61,47 +62,46 @@ class TarShardWriter:
         self.path = Path(path)
         self._tmp = self.path.with_name(self.path.name + ".partial")
         self._fh = open(self._tmp, "wb")
-        self._hf = _HashingFile(self._fh)
-        self._tar = tarfile.open(fileobj=self._hf, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._sha = hashlib.sha256()
+        self._pos = 0
         self.count = 0
         self.info: ShardInfo | None = None
+
+    def _write(self, data: bytes) -> None:
+        self._fh.write(data)
+        self._sha.update(data)
+        self._pos += len(data)
 
     def add(self, key: str, members: dict[str, bytes]) -> dict[str, MemberLocation]:
         """Append one sample: ``members`` maps extension -> bytes, written in sorted extension order.
 
         Returns the data location of every member. Keys must contain no dots (webdataset splits the
-        extension at the first dot of the basename).
+        extension at the first dot of the basename) and no slashes.
         """
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
         locations = {}
         for ext in sorted(members):
             data = members[ext]
-            ti = tarfile.TarInfo(f"{key}.{ext}")
-            ti.size = len(data)
-            ti.mtime = 0
-            ti.mode = 0o444
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            self._tar.addfile(ti, io.BytesIO(data))
-            # TarFile.offset is the logical end of the archive so far: just past the padded data.
-            padded = -(-len(data) // _BLOCK) * _BLOCK
-            locations[ext] = MemberLocation(offset=self._tar.offset - padded, length=len(data))
+            self._write(ustar_header(f"{key}.{ext}", len(data)))
+            locations[ext] = MemberLocation(offset=self._pos, length=len(data))
+            self._write(data)
+            if pad := -len(data) % BLOCK:
+                self._write(b"\0" * pad)
         self.count += 1
         return locations
 
     def close(self) -> ShardInfo:
-        """Finish the tar, fsync, and rename it to its final name."""
+        """Finish the tar (two zero blocks, padded to a whole record), fsync, and rename it into place."""
         if self.info is not None:
             return self.info
-        self._tar.close()
+        end = self._pos + 2 * BLOCK
+        self._write(b"\0" * (2 * BLOCK + (-end % RECORD)))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self.path)
-        self.info = ShardInfo(
-            name=self.path.name, count=self.count, bytes=self._hf.pos, sha256=self._hf.sha.hexdigest()
-        )
+        self.info = ShardInfo(name=self.path.name, count=self.count, bytes=self._pos, sha256=self._sha.hexdigest())
         return self.info
 
     def abort(self) -> None:
