@@ -172,7 +172,9 @@ def _crop_sample(task: Task, gray: np.ndarray, k: int, box: Box) -> Sample | Fai
     source = f"{task.record.source}#box{k}"
     clipped = ops.clip_box((box.x0, box.y0, box.x1, box.y1), w, h)
     if clipped is None:
-        return Failure(source, f"box {box.x0},{box.y0},{box.x1},{box.y1} lies outside the {w}x{h} image", box.label_raw)
+        return Failure(
+            source, f"box {box.x0},{box.y0},{box.x1},{box.y1} is under 2 px or outside the {w}x{h} image", box.label_raw
+        )
     key = sample_key(task.dataset, source)
     out, pad = _finish(ops.crop(gray, clipped), key, task.config)
     meta = dict(box.meta, clipped=clipped != (box.x0, box.y0, box.x1, box.y1))
