@@ -12,7 +12,7 @@ statistics from here and never scan tars. Layout::
       "total": 30336,                   # samples over all shards
       "mean": 0.91, "std": 0.17,        # pixel mean/std of the stored images, in [0, 1] units
       "shards": [{"name": "kaggle-000000.tar", "count": 2000, "bytes": 41230848, "sha256": "..."}],
-      "manifest": "manifests/kaggle.parquet",   # informational
+      "manifest": "../../manifests/kaggle.parquet",  # relative to this folder
       "args": {...},                    # the arguments that produced the folder
       "version": "0.1.0"                # plankton_data version that wrote it
     }

@@ -47,11 +47,11 @@ def test_pad_to_square_centres_image_on_matched_noise(shape):
     if pad.sum() > 100:  # the padding's noise is centred on the edge mode with the edge's spread
         mode, std = ops.edge_background(img)
         assert abs(out[pad].mean() - mode) < 0.5
-        assert abs(out[pad].std() - std) < 0.5 and std > 0.5
+        assert abs(out[pad].std() - std) < 0.3
 
 
 def test_pad_to_square_is_deterministic_per_rng_seed():
-    img = _blob(20, 60, bg=230)
+    img = np.clip(np.random.default_rng(0).normal(230, 4, (20, 60)), 0, 255).astype(np.uint8)
     a = ops.pad_to_square(img, np.random.default_rng(7))
     b = ops.pad_to_square(img, np.random.default_rng(7))
     c = ops.pad_to_square(img, np.random.default_rng(8))
@@ -91,11 +91,19 @@ def test_remove_legend_erases_legend_and_keeps_object():
 
 
 def test_remove_legend_keeps_object_reaching_into_the_footer():
-    img, h = _synthetic_vignette()
-    img[h - 40 : h - 2, 60:64] = 50  # an appendage running down into the footer
+    img, h = _synthetic_vignette(w_obj=100)
+    img[h - 40 : h - 2, 120:124] = 50  # an appendage running down into the footer, right of the legend
     out = ops.remove_zooprocess_legend(img)
-    assert np.array_equal(out[h - 40 :, 60:64], img[h - 40 :, 60:64])
-    assert out[h - 20 :, :40].min() >= 250  # legend text and bar start still erased
+    assert np.array_equal(out[h - 40 :, 115:], img[h - 40 :, 115:])
+    assert out[h - 31 :, :110].min() >= 250  # legend text and bar erased
+
+
+def test_remove_legend_never_touches_an_object_that_touches_the_legend():
+    img, h = _synthetic_vignette()
+    img[h - 40 : h - 2, 60:64] = 50  # crosses the scale bar: bar and organism are one component
+    out = ops.remove_zooprocess_legend(img)
+    assert np.array_equal(out[:, 50:], img[:, 50:])  # organism and the bar touching it stay
+    assert out[h - 17 : h - 9, 10:34].min() >= 250  # the separate "1 mm" text still goes
 
 
 def test_remove_legend_leaves_images_without_legend_unchanged():
@@ -123,5 +131,4 @@ def test_real_vignettes_lose_their_legend_and_keep_the_organism(path):
     assert out[h - 25 :, : min(w, 120)].min() >= 250
     # Nothing above the footer changed, and the organism's dark pixels are all still there.
     assert np.array_equal(out[: h - 31], gray[: h - 31])
-    organism = gray[: h - 31] < 200
-    assert organism.sum() > 50
+    assert (gray[: h - 31] < 250).sum() > 20  # there is an organism, and (above) it is unchanged
