@@ -36,8 +36,9 @@ out = Console()
 
 ShardsOpt = Annotated[Path, typer.Option("--shards", help="Root folder of shard folders.")]
 ManifestsOpt = Annotated[Path, typer.Option("--manifests", help="Folder of Parquet manifests.")]
-DEFAULT_WORKERS = os.cpu_count() or 1
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes for image work.")]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", "-w", min=0, help="Worker processes for image work (0 = one per CPU core).")
+]
 
 
 def _version(value: bool) -> None:
@@ -131,7 +132,7 @@ def ingest_cmd(
     ] = "jpg",
     quality: Annotated[int, typer.Option(help="JPEG quality.", min=50, max=100)] = 95,
     seed: Annotated[int, typer.Option(help="Seed of the padding noise.")] = 0,
-    workers: WorkersOpt = DEFAULT_WORKERS,
+    workers: WorkersOpt = 0,
     records_per_shard: Annotated[int, typer.Option(help="Input images per tar shard.", min=1)] = 2000,
     shards: ShardsOpt = Path("shards"),
     manifests: ManifestsOpt = Path("manifests"),
@@ -145,7 +146,9 @@ def ingest_cmd(
         raise PlanktonDataError(f"--format must be jpg or png, not {image_format!r}")
     cfg = PreprocessConfig(size=size, image_format=image_format, quality=quality, seed=seed)
     with _RichProgress(f"ingest {dataset}") as progress:
-        report = ingest(dataset, raw, shards, manifests, cfg, workers, records_per_shard, progress)
+        report = ingest(
+            dataset, raw, shards, manifests, cfg, workers or os.cpu_count() or 1, records_per_shard, progress
+        )
     render_report(report)
 
 
@@ -170,7 +173,7 @@ def demo_cmd(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Where to write sample raw data, shards and manifests.")
     ] = Path("sample_data"),
-    workers: WorkersOpt = DEFAULT_WORKERS,
+    workers: WorkersOpt = 0,
 ) -> None:
     """Generate small raw archives of all seven datasets in their published layouts, then ingest each.
 
@@ -180,7 +183,9 @@ def demo_cmd(
 
     raws = write_all(out_dir / "raw")
     for dataset, fixture in raws.items():
-        report = ingest(dataset, fixture.raw, out_dir / "shards", out_dir / "manifests", workers=workers)
+        report = ingest(
+            dataset, fixture.raw, out_dir / "shards", out_dir / "manifests", workers=workers or os.cpu_count() or 1
+        )
         render_report(report, max_classes=12)
         if (report.samples, report.rejects) != (fixture.samples, fixture.rejects):
             raise PlanktonDataError(

@@ -141,6 +141,7 @@ def _plan_id(dataset: str, scan: Scan, config: PreprocessConfig, per_shard: int)
 def _run(dataset: str, tree: RawTree, records: list, config: PreprocessConfig, workers: int) -> Iterator[list]:
     """Results of :func:`process_task` in record order; bytes are read lazily, at most a window ahead."""
     tasks = (Task(dataset, r, _read(tree, r), config) for r in records)
+    workers = min(workers, -(-len(records) // _BATCH))  # a pool for a handful of images costs more than it saves
     if workers <= 1:
         yield from map(process_task, tasks)
         return

@@ -148,34 +148,6 @@ def _tree_digest(base: Path, dataset: str) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
-def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
-    fx = write_fixture("daplankton", tmp_path / "raw")
-    for name, workers in (("a", 1), ("b", 2), ("c", 2)):
-        ingest(
-            "daplankton",
-            fx.raw,
-            tmp_path / name / "shards",
-            tmp_path / name / "manifests",
-            workers=workers,
-            records_per_shard=5,
-            config=_cfg(48),
-        )
-    a, b, c = (_tree_digest(tmp_path / n, "daplankton") for n in "abc")
-    assert a == b == c and len(a) > 3
-    # Rerun into the same folders: same bytes, no leftovers.
-    ingest(
-        "daplankton",
-        fx.raw,
-        tmp_path / "a" / "shards",
-        tmp_path / "a" / "manifests",
-        workers=1,
-        records_per_shard=5,
-        config=_cfg(48),
-    )
-    assert _tree_digest(tmp_path / "a", "daplankton") == a
-    assert sorted(p.name for p in (tmp_path / "a" / "shards").iterdir()) == ["daplankton"]
-
-
 def _big_kaggle_zip(path: Path, n: int) -> Path:
     """A Kaggle-layout train.zip with ``n`` generated images: slow enough to kill an ingest mid-run."""
     rng = np.random.default_rng(0)
@@ -185,6 +157,20 @@ def _big_kaggle_zip(path: Path, n: int) -> Path:
             cv2.circle(img, (20, 20), 10, int(rng.integers(0, 200)), -1)
             zf.writestr(f"train/class_{i % 5}/{i}.jpg", cv2.imencode(".jpg", img)[1].tobytes())
     return path
+
+
+def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
+    raw = _big_kaggle_zip(tmp_path / "train.zip", 400)  # enough batches for a real 2- and 3-process pool
+    for name, workers in (("a", 1), ("b", 2), ("c", 3)):
+        ingest("kaggle", raw, tmp_path / name / "shards", tmp_path / name / "manifests",
+               workers=workers, records_per_shard=150, config=_cfg(48))
+    a, b, c = (_tree_digest(tmp_path / n, "kaggle") for n in "abc")
+    assert a == b == c and len(a) == 5  # 3 tars, index.json, manifest
+    # Rerun into the same folders: same bytes, no leftovers.
+    ingest("kaggle", raw, tmp_path / "a" / "shards", tmp_path / "a" / "manifests",
+           workers=2, records_per_shard=150, config=_cfg(48))
+    assert _tree_digest(tmp_path / "a", "kaggle") == a
+    assert sorted(p.name for p in (tmp_path / "a" / "shards").iterdir()) == ["kaggle"]
 
 
 def test_killed_run_leaves_no_partial_output_and_rerun_completes(tmp_path):

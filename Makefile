@@ -1,0 +1,23 @@
+# One-command entry points (see README). PYTHON must be 3.10+; 3.11 is what CI uses.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@
+
+.PHONY: setup demo test lint bench
+setup: $(BIN)/.installed
+
+demo: setup  ## generate raw archives of all seven datasets, ingest them, print the summary
+	$(BIN)/plankton-data demo --out sample_data
+
+test: setup  ## lint + the whole test suite (real-data tests skip when ../shared/realdata is absent)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_ingest.py

@@ -1,0 +1,29 @@
+"""Docs stay in step with the code: every manifest column and every CLI command is documented."""
+
+from pathlib import Path
+
+import pytest
+
+from plankton_data.adapters import DATASET_IDS
+from plankton_data.manifest import COLUMNS, REJECT_COLUMNS, SHARDSET_COLUMNS
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("column", [c[0] for c in COLUMNS + SHARDSET_COLUMNS + REJECT_COLUMNS])
+def test_manifest_column_is_documented(column):
+    assert f"| `{column}` |" in (DOCS / "manifest.md").read_text()
+
+
+@pytest.mark.parametrize("dataset", DATASET_IDS)
+def test_dataset_is_documented(dataset):
+    assert f"`{dataset}`" in (DOCS / "datasets.md").read_text()
+
+
+def test_every_cli_command_is_in_the_cli_reference():
+    from plankton_data.cli import app
+
+    text = (DOCS / "cli.md").read_text()
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        assert f"plankton-data {name}" in text, name
