@@ -76,8 +76,19 @@ def sample_key(dataset: str, source_id: str) -> str:
     return f"{dataset}_{hashlib.sha256(source_id.encode()).hexdigest()[:16]}"
 
 
+_BITGEN = np.random.PCG64(0)  # re-seeded per sample below; building a fresh Generator costs ~25 us
+
+
 def _rng_for(key: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little"))
+    """A generator whose state is a pure function of ``(seed, key)``: output never depends on the worker."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    _BITGEN.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": int.from_bytes(digest[:16], "little"), "inc": int.from_bytes(digest[16:32], "little") | 1},
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    return np.random.Generator(_BITGEN)
 
 
 def _finish(gray: np.ndarray, key: str, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
@@ -140,9 +151,22 @@ def process_batch(tasks: list[Task]) -> list[list[Sample | Failure]]:
     return [process_task(t) for t in tasks]
 
 
+def truncation(data: bytes) -> str | None:
+    """Why ``data`` is a cut-off JPEG/PNG, or ``None``. Decoders often return the top part of a truncated
+    file padded with gray instead of failing, so the end marker is checked explicitly."""
+    tail = data.rstrip(b"\0\r\n ")
+    if data[:2] == b"\xff\xd8" and not tail.endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-16:]:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
 def process_task(task: Task) -> list[Sample | Failure]:
     """All samples (one, or one per box) or failures for one record. Never raises on bad image data."""
     rec = task.record
+    if reason := truncation(task.data):
+        return [Failure(rec.source, reason, rec.label_raw)]
     arr = np.frombuffer(task.data, np.uint8)
     img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
     if img is None or img.size == 0:

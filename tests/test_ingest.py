@@ -162,13 +162,27 @@ def _big_kaggle_zip(path: Path, n: int) -> Path:
 def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
     raw = _big_kaggle_zip(tmp_path / "train.zip", 400)  # enough batches for a real 2- and 3-process pool
     for name, workers in (("a", 1), ("b", 2), ("c", 3)):
-        ingest("kaggle", raw, tmp_path / name / "shards", tmp_path / name / "manifests",
-               workers=workers, records_per_shard=150, config=_cfg(48))
+        ingest(
+            "kaggle",
+            raw,
+            tmp_path / name / "shards",
+            tmp_path / name / "manifests",
+            workers=workers,
+            records_per_shard=150,
+            config=_cfg(48),
+        )
     a, b, c = (_tree_digest(tmp_path / n, "kaggle") for n in "abc")
     assert a == b == c and len(a) == 5  # 3 tars, index.json, manifest
     # Rerun into the same folders: same bytes, no leftovers.
-    ingest("kaggle", raw, tmp_path / "a" / "shards", tmp_path / "a" / "manifests",
-           workers=2, records_per_shard=150, config=_cfg(48))
+    ingest(
+        "kaggle",
+        raw,
+        tmp_path / "a" / "shards",
+        tmp_path / "a" / "manifests",
+        workers=2,
+        records_per_shard=150,
+        config=_cfg(48),
+    )
     assert _tree_digest(tmp_path / "a", "kaggle") == a
     assert sorted(p.name for p in (tmp_path / "a" / "shards").iterdir()) == ["kaggle"]
 
@@ -208,6 +222,28 @@ def test_killed_run_leaves_no_partial_output_and_rerun_completes(tmp_path):
     )
     assert "resumed" in res.stdout
     assert _tree_digest(out, "kaggle") == _tree_digest(ref, "kaggle")
+
+
+def test_truncated_and_corrupt_images_are_rejects_with_reasons(tmp_path):
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(128, 60, (300, 300)), 0, 255).astype(np.uint8)
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    png = cv2.imencode(".png", img)[1].tobytes()
+    raw = tmp_path / "train.zip"
+    with zipfile.ZipFile(raw, "w") as zf:
+        zf.writestr("train/a/1.jpg", jpg)
+        zf.writestr("train/a/2.jpg", jpg[: len(jpg) * 2 // 3])
+        zf.writestr("train/a/3.png", png[: len(png) // 2])
+        zf.writestr("train/a/4.jpg", b"not an image at all")
+        zf.writestr("train/a/5.jpg", b"")
+    report = ingest("kaggle", raw, tmp_path / "s", tmp_path / "m", config=_cfg(32))
+    assert (report.samples, report.rejects) == (1, 4)
+    reasons = dict(pd.read_parquet(report.rejects_path)[["source", "reason"]].values)
+    assert "truncated JPEG" in reasons["train.zip/train/a/2.jpg"]
+    assert "truncated PNG" in reasons["train.zip/train/a/3.png"]
+    assert (
+        "cannot decode" in reasons["train.zip/train/a/4.jpg"] and "cannot decode" in reasons["train.zip/train/a/5.jpg"]
+    )
 
 
 def test_library_errors():
