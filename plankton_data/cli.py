@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from plankton_data import __version__
+from plankton_data import __version__, shard_cli
 from plankton_data.adapters import DATASET_IDS, get_adapter, list_adapters
 from plankton_data.errors import PlanktonDataError
 from plankton_data.ingest import IngestReport, ingest
@@ -193,6 +193,9 @@ def demo_cmd(
                 f"got {report.samples} / {report.rejects}"
             )
     out.print(f"[green]✓[/] all {len(raws)} datasets ingested into {out_dir}/shards and {out_dir}/manifests")
+
+
+shard_cli.register(app)
 
 
 def main() -> None:

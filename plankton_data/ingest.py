@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -35,7 +34,7 @@ from plankton_data import __version__
 from plankton_data.adapters import get_adapter
 from plankton_data.adapters.base import Reject, Scan
 from plankton_data.errors import MissingRawData
-from plankton_data.manifest import MANIFEST_SCHEMA, REJECTS_SCHEMA, to_table, write_table
+from plankton_data.manifest import MANIFEST_SCHEMA, REJECTS_SCHEMA, pixel_stats, to_table, write_table
 from plankton_data.preprocess import (
     PREPROCESS_VERSION,
     Failure,
@@ -177,7 +176,6 @@ def _read(tree: RawTree, record) -> bytes:
 
 def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: Iterator[list]) -> int:
     rows, rejects = [], []
-    psum = psq = npx = 0
     with TarShardWriter(staging / name) as writer:
         for _ in chunk:
             for out in next(results):
@@ -188,12 +186,10 @@ def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: I
                 loc = writer.add(out.row["key"], {out.row["image_format"]: out.image, "json": out.meta_json})
                 image_loc = loc[out.row["image_format"]]
                 rows.append(dict(out.row, shard=f"{dataset}/{name}", offset=image_loc.offset, length=image_loc.length))
-                psum, psq, npx = psum + out.pixel_sum, psq + out.pixel_sq, npx + out.pixels
     info = writer.info
     sidecar = to_table(rows).replace_schema_metadata(
         {
             "shard": json.dumps(asdict(info)),
-            "pixels": json.dumps([psum, psq, npx]),
             "rejects": json.dumps([asdict(r) for r in rejects]),
         }
     )
@@ -203,19 +199,14 @@ def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: I
 
 def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, plan, resumed, seconds, per_shard):
     tables, infos, rejects = [], [], list(scan.rejects)
-    psum = psq = npx = 0
     for name in names:
         table = pq.read_table(staging / f"{name}.rows.parquet")
         meta = table.schema.metadata
         infos.append(ShardInfo(**json.loads(meta[b"shard"])))
-        s, q, n = json.loads(meta[b"pixels"])
-        psum, psq, npx = psum + s, psq + q, npx + n
         rejects += [Reject(**r) for r in json.loads(meta[b"rejects"])]
         tables.append(table.replace_schema_metadata(None))
     manifest = pa.concat_tables(tables).cast(MANIFEST_SCHEMA) if tables else MANIFEST_SCHEMA.empty_table()
-    # Exact integer sums of uint8 pixels -> mean/std in [0, 1] units.
-    mean = psum / npx / 255.0 if npx else 0.0
-    std = math.sqrt(max(0.0, psq / npx / 65025.0 - mean * mean)) if npx else 0.0
+    mean, std = pixel_stats(manifest)
     manifest_path = manifests_root / f"{dataset}.parquet"
     write_index(
         ShardIndex(

@@ -7,6 +7,7 @@ per sample. ``docs/manifest.md`` documents each column; a test keeps the two in 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -58,6 +59,15 @@ COLUMNS: tuple[tuple[str, pa.DataType, bool, str], ...] = (
     ("height", pa.int32(), False, "height of the stored image in pixels"),
     ("image_format", pa.string(), False, "encoding of the stored image member: `jpg` or `png`"),
     ("image_sha256", pa.string(), False, "sha256 (hex) of the stored image bytes"),
+    (
+        "pixel_sha256",
+        pa.string(),
+        False,
+        "sha256 of the gray pixels (and shape) before padding and resizing: equal for identical published "
+        "images in any dataset; used for duplicate and leak detection",
+    ),
+    ("pixel_sum", pa.int64(), False, "sum of the stored image's pixel values (0-255): exact set mean without decoding"),
+    ("pixel_sq_sum", pa.int64(), False, "sum of the squared pixel values: exact set std without decoding"),
     (
         "shard",
         pa.string(),
@@ -130,6 +140,16 @@ def validate(table: pa.Table) -> None:
     keys = table.column("key")
     if pc.count_distinct(keys).as_py() != len(keys):
         raise SchemaError("manifest has duplicate sample keys")
+
+
+def pixel_stats(table: pa.Table) -> tuple[float, float]:
+    """Exact pixel mean and std of all stored images in ``table``, in [0, 1] units, from the per-row sums."""
+    n = pc.sum(pc.multiply(pc.cast(table["width"], pa.int64()), pc.cast(table["height"], pa.int64()))).as_py()
+    if not n:
+        return 0.0, 0.0
+    mean = pc.sum(table["pixel_sum"]).as_py() / n / 255.0
+    var = pc.sum(table["pixel_sq_sum"]).as_py() / n / 65025.0 - mean * mean
+    return mean, math.sqrt(max(0.0, var))
 
 
 def write_table(table: pa.Table, path: Path) -> None:

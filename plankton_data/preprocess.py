@@ -52,9 +52,6 @@ class Sample:
     row: dict
     image: bytes
     meta_json: bytes
-    pixel_sum: int = 0  # sum of uint8 pixel values (exact integers, for the set's mean/std)
-    pixel_sq: int = 0  # sum of squared pixel values
-    pixels: int = 0
 
 
 @dataclass
@@ -95,7 +92,17 @@ def _finish(gray: np.ndarray, key: str, cfg: PreprocessConfig) -> tuple[np.ndarr
     mode, std = ops.edge_background(gray)
     square = ops.pad_to_square(gray, _rng_for(key, cfg.seed), background=(mode, std))
     out = ops.resize_square(square, cfg.size)
-    return out, {"pad_mode": mode, "pad_std": round(std, 3)}
+    return out, {"pad_mode": mode, "pad_std": round(std, 3), "pixel_sha256": pixel_sha256(gray)}
+
+
+def pixel_sha256(gray: np.ndarray) -> str:
+    """sha256 of a gray image's shape and pixels: equal for pixel-identical content, whatever the encoding.
+
+    Taken before padding (whose noise is seeded per sample key) and resizing, so the same published image
+    ingested by two datasets gets the same value: the basis of duplicate and leak detection.
+    """
+    h, w = gray.shape
+    return hashlib.sha256(h.to_bytes(4, "little") + w.to_bytes(4, "little") + gray.tobytes()).hexdigest()
 
 
 def _make_sample(
@@ -125,6 +132,7 @@ def _make_sample(
         "subset": rec.subset,
         "instrument": rec.instrument,
     }
+    content = pad.pop("pixel_sha256")
     preprocess = {"version": PREPROCESS_VERSION, "steps": steps, **pad, **_config_fields(cfg)}
     row = dict(
         fields,
@@ -138,12 +146,14 @@ def _make_sample(
         crop_y1=box[3] if box else None,
         image_format=cfg.image_format,
         image_sha256=hashlib.sha256(image).hexdigest(),
+        pixel_sha256=content,
+        # Exact integers (held in doubles by cv2, exact below 2**53): any subset's mean/std without decoding.
+        pixel_sum=int(cv2.sumElems(out)[0]),
+        pixel_sq_sum=int(cv2.norm(out, cv2.NORM_L2SQR)),
         preprocess=json.dumps(preprocess, sort_keys=True),
         meta=json.dumps(meta, sort_keys=True),
     )
-    # Both sums are exact integers held in doubles (< 2**53 for any image below 2**37 pixels).
-    pixel_sum, pixel_sq = int(cv2.sumElems(out)[0]), int(cv2.norm(out, cv2.NORM_L2SQR))
-    return Sample(row, image, json.dumps(fields, sort_keys=True).encode(), pixel_sum, pixel_sq, int(out.size))
+    return Sample(row, image, json.dumps(fields, sort_keys=True).encode())
 
 
 def process_batch(tasks: list[Task]) -> list[list[Sample | Failure]]:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from plankton_data.manifest import to_table, write_table
+from plankton_data.manifest import pixel_stats, read_manifest, to_table, write_table
 from plankton_data.shard_index import ShardIndex, write_index
 from plankton_data.tarwriter import TarShardWriter
 
@@ -57,32 +57,61 @@ def make_shard_folder(
     root, folder = base / "shards", base / "shards" / name
     folder.mkdir(parents=True, exist_ok=True)
     samples = [(cls, i) for i in range(per_class) for cls in CLASSES]
-    rows, infos, writer, pix = [], [], None, []
+    rows, infos, writer = [], [], None
     for n, (cls, i) in enumerate(samples):
         if n % per_shard == 0:
             if writer:
                 infos.append(writer.close())
             writer = TarShardWriter(folder / f"{name}-{len(infos):06d}.tar")
         img = draw_sample(cls, rng, size)
-        pix.append(img.astype(np.float64) / 255)
         jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
         key = f"{name}_{hashlib.sha256(f'{cls}/{i}'.encode()).hexdigest()[:16]}"
-        meta = {"key": key, "dataset": name, "label": cls, "label_raw": cls, "split": "", "subset": "", "instrument": "synthetic"}
+        meta = {
+            "key": key,
+            "dataset": name,
+            "label": cls,
+            "label_raw": cls,
+            "split": "",
+            "subset": "",
+            "instrument": "synthetic",
+        }
         loc = writer.add(key, {"jpg": jpg, "json": json.dumps(meta).encode()})["jpg"]
         rows.append(
-            dict(meta, source=f"{cls}/{i}.jpg", orig_width=size, orig_height=size, width=size, height=size,
-                 image_format="jpg", image_sha256=hashlib.sha256(jpg).hexdigest(),
-                 shard=f"{name}/{writer.path.name}", offset=loc.offset, length=loc.length,
-                 preprocess="{}", meta="{}")
+            dict(
+                meta,
+                source=f"{cls}/{i}.jpg",
+                orig_width=size,
+                orig_height=size,
+                width=size,
+                height=size,
+                image_format="jpg",
+                image_sha256=hashlib.sha256(jpg).hexdigest(),
+                pixel_sha256=hashlib.sha256(img.tobytes()).hexdigest(),
+                pixel_sum=int(img.sum()),
+                pixel_sq_sum=int((img.astype(np.int64) ** 2).sum()),
+                shard=f"{name}/{writer.path.name}",
+                offset=loc.offset,
+                length=loc.length,
+                preprocess="{}",
+                meta="{}",
+            )
         )
     infos.append(writer.close())
     manifest = base / "manifests" / f"{name}.parquet"
     write_table(to_table(rows), manifest)
-    allpix = np.stack(pix)
+    mean, std = pixel_stats(read_manifest(manifest))
     write_index(
-        ShardIndex(name=name, kind="dataset", image_format="jpg", size=size, total=len(rows),
-                   mean=float(allpix.mean()), std=float(allpix.std()), shards=infos,
-                   manifest=str(manifest)),
+        ShardIndex(
+            name=name,
+            kind="dataset",
+            image_format="jpg",
+            size=size,
+            total=len(rows),
+            mean=mean,
+            std=std,
+            shards=infos,
+            manifest=str(manifest),
+        ),
         folder,
     )
     return ShardFolder(root=root, folder=folder, manifest=manifest, name=name, total=len(rows))

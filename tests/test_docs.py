@@ -27,3 +27,13 @@ def test_every_cli_command_is_in_the_cli_reference():
     for command in app.registered_commands:
         name = command.name or command.callback.__name__
         assert f"plankton-data {name}" in text, name
+
+
+def test_generated_docs_are_current():
+    import sys
+
+    sys.path.insert(0, str(DOCS.parent / "scripts"))
+    import gen_docs
+
+    assert (DOCS / "manifest.md").read_text() == gen_docs.manifest_md(), "run python scripts/gen_docs.py"
+    assert (DOCS / "cli.md").read_text() == gen_docs.cli_md(), "run python scripts/gen_docs.py"

@@ -1,0 +1,242 @@
+"""``plankton-data shard | verify | stats | preview``: thin Typer commands over the shard-set library.
+
+Each command makes one library call and renders its result. ``register(app)`` adds them to the main app;
+errors are :class:`~plankton_data.errors.PlanktonDataError`, which the app's ``main()`` prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from plankton_data.preview import contact_sheet
+from plankton_data.shard_index import read_index
+from plankton_data.shardset import REASONS, ShardSetReport, build_shard_set
+from plankton_data.stats import summarize
+from plankton_data.verify import verify
+
+console = Console(stderr=True)
+out = Console()
+
+ShardsOpt = Annotated[Path, typer.Option("--shards", help="Root folder of shard folders.")]
+ManifestsOpt = Annotated[Path, typer.Option("--manifests", help="Folder of Parquet manifests.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``shard``, ``verify``, ``stats`` and ``preview`` commands to ``app``."""
+    app.command("shard")(shard_cmd)
+    app.command("verify")(verify_cmd)
+    app.command("stats")(stats_cmd)
+    app.command("preview")(preview_cmd)
+
+
+def shard_cmd(
+    name: Annotated[str, typer.Option("--name", help="Shard-set name: writes shards/NAME/, manifests/NAME.parquet.")],
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", "-i", help="Dataset to mix in (repeat). Default: every ingested dataset."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", "-x", help="Dataset to leave out (repeat); daplankton gives the no-daplankton set."),
+    ] = None,
+    samples_per_shard: Annotated[int, typer.Option(min=1, help="Samples in every tar (all hold exactly this).")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the global shuffle.")] = 0,
+    keep_shared_taxa: Annotated[
+        bool, typer.Option("--keep-shared-taxa", help="With daplankton excluded, keep the taxa it shares with SYKE.")
+    ] = False,
+    keep_uncertain_taxon: Annotated[
+        bool, typer.Option("--keep-uncertain-taxon", help="Do not treat Peridiniella catenata (probable) as shared.")
+    ] = False,
+    drop_duplicates: Annotated[
+        bool, typer.Option("--drop-duplicates", help="Drop images whose pixels equal an image of another dataset.")
+    ] = False,
+    shards: ShardsOpt = Path("shards"),
+    manifests: ManifestsOpt = Path("manifests"),
+) -> None:
+    """Mix ingested datasets into one shuffled shard set of equally sized tars.
+
+    Example: plankton-data shard --name no_daplankton --exclude daplankton
+    """
+    with _Progress(f"shard {name}") as progress:
+        report = build_shard_set(
+            name,
+            include or (),
+            exclude or (),
+            shards,
+            manifests,
+            samples_per_shard,
+            seed,
+            drop_class_overlap=not keep_shared_taxa,
+            drop_duplicates=drop_duplicates,
+            progress=progress,
+            uncertain_taxa=not keep_uncertain_taxon,
+        )
+    render_shard_report(report)
+
+
+def render_shard_report(r: ShardSetReport) -> None:
+    """Per-dataset table of inputs, kept and removed rows by reason, then what was removed and why."""
+    table = Table(title=f"{r.name}: {r.total:,} samples in {r.shards} shards of {r.samples_per_shard:,}")
+    table.add_column("dataset", no_wrap=True, min_width=max(map(len, r.included)))
+    for col in ("input", "kept", *(reason.replace("_", " ") for reason in REASONS)):
+        table.add_column(col, justify="right")
+    for d in r.included:
+        table.add_row(d, f"{r.inputs[d]:,}", f"{r.kept[d]:,}", *(f"{r.removed[x].get(d, 0):,}" for x in REASONS))
+    table.add_section()
+    table.add_row(
+        "[bold]total",
+        f"[bold]{sum(r.inputs.values()):,}",
+        f"[bold]{r.total:,}",
+        *(f"[bold]{sum(r.removed[x].values()):,}" for x in REASONS),
+    )
+    out.print(table)
+    for d in r.excluded:
+        compared = f"; the leak guard compared {r.excluded_rows[d]:,} of its images" if d in r.excluded_rows else ""
+        out.print(f"  excluded dataset: {d}{compared}")
+    if r.shared_taxa:
+        out.print(
+            f"  shared taxon: the {len(r.shared_taxa)} taxa DAPlankton shares with SYKE-plankton_IFCB_2022 are"
+            " removed from every dataset (--keep-shared-taxa keeps them)"
+        )
+        for d, labels in r.taxa_removed.items():
+            out.print(f"    {d}: " + ", ".join(f"{label} {n:,}" for label, n in labels.items()), highlight=False)
+    if r.leaks:
+        out.print(
+            f"  leak: {len(r.leaks):,} images have the pixels of an excluded image, e.g. "
+            f"{r.leaks[0][0]} = {r.leaks[0][1]}",
+            highlight=False,
+        )
+    if r.duplicates:
+        fate = "dropped" if sum(r.removed["duplicate"].values()) else "kept (--drop-duplicates drops them)"
+        out.print(
+            f"  duplicate: {len(r.duplicates):,} images have the pixels of an image of another dataset, "
+            f"e.g. {r.duplicates[0][0]} = {r.duplicates[0][1]}; {fate}",
+            highlight=False,
+        )
+    if r.remainder:
+        out.print(
+            f"  remainder: {len(r.remainder):,} samples after the last full shard are left out, so every "
+            f"shard holds exactly {r.samples_per_shard:,}"
+        )
+    out.print(f"  every removed sample is listed with its reason in {r.removed_path}")
+    for note in r.notes:
+        out.print(f"  [yellow]note:[/] {note}")
+    rate = r.bytes / 1e6 / r.seconds if r.seconds else 0.0
+    resumed = f", {r.resumed_shards} shards resumed" if r.resumed_shards else ""
+    out.print(
+        f"[green]✓[/] {r.total:,} samples → {r.shards} shards ({r.bytes / 1e6:,.1f} MB) in {r.shard_dir}"
+        f"  [dim]{r.seconds:.1f} s, {rate:,.0f} MB/s{resumed}[/]"
+    )
+    out.print(f"  manifest {r.manifest}  mean {r.mean:.4f} std {r.std:.4f}")
+
+
+def verify_cmd(
+    path: Annotated[Path, typer.Argument(help="A shard folder: shards/<dataset>/ or shards/<shard set>/.")],
+    manifest: Annotated[Path | None, typer.Option(help="Manifest to check against (default: from index.json).")] = None,
+) -> None:
+    """Check every tar against index.json and the manifest (sha256, sizes, counts, members, sample hashes).
+
+    Example: plankton-data verify shards/no_daplankton
+    """
+    problems = verify(path, manifest)
+    for p in problems:
+        out.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)  # one unbroken line per problem, for grep
+    if problems:
+        console.print(f"[red]error:[/] {len(problems)} problem(s) in {path}", soft_wrap=True)
+        raise typer.Exit(1)
+    index = read_index(path)
+    out.print(f"[green]✓[/] {path}: {len(index.shards)} shards, {index.total:,} samples intact")
+
+
+def stats_cmd(
+    target: Annotated[str, typer.Argument(help="A manifest, a shard folder, or an ingested dataset / shard-set name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full summary as JSON.")] = False,
+    top: Annotated[int, typer.Option(min=0, help="Classes listed per dataset in the table.")] = 10,
+    shards: ShardsOpt = Path("shards"),
+    manifests: ManifestsOpt = Path("manifests"),
+) -> None:
+    """Samples per dataset and class, and the distribution of published image sizes.
+
+    Example: plankton-data stats no_daplankton --json
+    """
+    summary = summarize(target, shards, manifests)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    sizes = Table(title=f"{summary['manifest']}: {summary['total']:,} samples")
+    for col in ("dataset", "samples", "classes", "width p10/median/p90", "height p10/median/p90", "longer side"):
+        sizes.add_column(col, justify="left" if col == "dataset" else "right")
+    for d, s in summary["datasets"].items():
+        w, h = s["orig_width"], s["orig_height"]
+        hist = " ".join(f"{k}:{v:,}" for k, v in s["longer_side"].items() if v)
+        sizes.add_row(
+            d,
+            f"{s['samples']:,}",
+            f"{len(s['classes']):,}",
+            f"{w['p10']}/{w['median']}/{w['p90']}",
+            f"{h['p10']}/{h['median']}/{h['p90']}",
+            hist,
+        )
+    out.print(sizes)
+    if top:
+        classes = Table(title=f"most common classes (top {top} per dataset)")
+        for col in ("dataset", "label (as published)", "samples"):
+            classes.add_column(col, justify="right" if col == "samples" else "left")
+        for d, s in summary["datasets"].items():
+            for label, n in list(s["classes"].items())[:top]:
+                classes.add_row(d, label or "(unlabelled)", f"{n:,}")
+            classes.add_section()
+        out.print(classes)
+
+
+def preview_cmd(
+    path: Annotated[str, typer.Argument(help="A shard folder, a manifest, or an ingested dataset / shard-set name.")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    per_dataset: Annotated[int, typer.Option(min=1, help="Samples per dataset row.")] = 8,
+    tile: Annotated[int, typer.Option(min=16, help="Tile side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the sample choice.")] = 0,
+    shards: ShardsOpt = Path("shards"),
+    manifests: ManifestsOpt = Path("manifests"),
+) -> None:
+    """Write a contact sheet PNG of stored samples, one row per dataset.
+
+    Example: plankton-data preview shards/no_daplankton --out preview.png
+    """
+    written = contact_sheet(path, out_file, per_dataset, tile, seed, shards, manifests)
+    out.print(f"[green]✓[/] {written}")
+
+
+class _Progress:
+    """Rich progress bar fed by the library's ``progress(done, total)`` callback; shown from the first call, so
+    that an error raised before any work prints nothing but its one line."""
+
+    def __init__(self, label: str) -> None:
+        self._bar = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._task is not None:
+            self._bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total)
+        self._bar.update(self._task, completed=done)
