@@ -1,9 +1,215 @@
-"""Placeholder: commands are added here by their owner."""
+"""``plankton-train pretrain`` and ``plankton-train reconstruct``: options -> config -> library call.
+
+Problems the user can fix (:class:`~plankton_data.errors.PlanktonDataError`) print one red line and exit
+with status 1 (``PLANKTON_DEBUG=1`` shows the traceback). Library imports are deferred so ``--help`` does
+not load torch.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from plankton_data.errors import PlanktonDataError
+from plankton_train.models.mae import MODELS
+
+ModelName = Enum("ModelName", {name: name for name in MODELS}, type=str)
+_console = Console(stderr=True)
+
+
+class _Display:
+    """Rich progress bar plus one line per metric record (rank 0 only)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]pretrain"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        )
+        self.task = None
+
+    def __call__(self, record: dict) -> None:
+        event = record["event"]
+        if event == "start":
+            self.console.print(
+                f"{record['num_samples']} samples, {record['world_size']} rank(s) on {record['device']}, "
+                f"accumulation {record['accum_steps']}, lr {record['lr']:.3g}, "
+                f"{record['total_steps']} steps ({record['warmup_steps']} warmup)"
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "", total=record["total_steps"], completed=record["step"], info=""
+            )
+        elif event == "step":
+            self.progress.update(self.task, completed=record["step"])
+        elif event == "log":
+            info = (
+                f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.0f} img/s  "
+                f"data-wait {100 * record['data_wait']:.1f}%"
+            )
+            self.progress.update(self.task, info=info)
+            self.console.print(f"step {record['step']}  epoch {record['epoch']:.2f}  {info}")
+        elif event == "checkpoint":
+            self.console.print(f"checkpoint {record['path']}")
+        elif event == "done":
+            self.close()
+            self.console.print(
+                f"done at step {record['step']}/{record['total_steps']}; "
+                f"checkpoint {record['checkpoint']}; encoder {record['encoder']}"
+            )
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+            self.task = None
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """One red line and exit 1 for user-fixable errors (``PLANKTON_DEBUG=1`` shows the traceback)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=_console, show_path=False)]
+    )
+    try:
+        yield
+    except (PlanktonDataError, OSError) as exc:
+        if os.environ.get("PLANKTON_DEBUG"):
+            raise
+        _console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def pretrain(
+    shards: Annotated[
+        Path | None, typer.Option(help="Shard folder (with index.json). Required unless --resume.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: config, metrics, checkpoints, encoder.")] = Path(
+        "runs/pretrain"
+    ),
+    model: Annotated[
+        ModelName, typer.Option(help="Encoder architecture (timm name).")
+    ] = "vit_large_patch16_224",
+    batch_size: Annotated[int, typer.Option(help="Images per device per micro-step.")] = 256,
+    eff_batch: Annotated[
+        int, typer.Option(help="Images per optimiser step, all devices (accumulates).")
+    ] = 4096,
+    blr: Annotated[float, typer.Option(help="Base learning rate; lr = blr * eff_batch / 256.")] = 1.5e-4,
+    epochs: Annotated[float, typer.Option(help="Schedule length in epochs.")] = 800,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs.")] = 40,
+    steps: Annotated[
+        int, typer.Option(help="Schedule length in optimiser steps (overrides --epochs if > 0).")
+    ] = 0,
+    warmup_steps: Annotated[
+        int, typer.Option(help="Warmup in steps (overrides --warmup-epochs if >= 0).")
+    ] = -1,
+    workers: Annotated[
+        int | None, typer.Option(help="Loader processes per device [default: 8, or the checkpoint's].")
+    ] = (None),
+    seed: Annotated[int, typer.Option(help="Fixes sample order, augmentation and masks.")] = 0,
+    log_every: Annotated[int, typer.Option(help="Optimiser steps between metric records.")] = 20,
+    ckpt_every: Annotated[
+        int, typer.Option(help="Optimiser steps between checkpoints (0: only at the end).")
+    ] = 1000,
+    keep_checkpoints: Annotated[int, typer.Option(help="Periodic checkpoints to keep.")] = 2,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue exactly from a checkpoint file or run folder.")
+    ] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop (with a checkpoint) after this many steps of this call.")
+    ] = (None),
+) -> None:
+    """Pretrain a Masked Autoencoder ViT on a shard folder (single device, or every rank under torchrun).
+
+    Example:
+
+        plankton-train pretrain --shards shards/all --out runs/mae-vitl
+
+        torchrun --nproc_per_node 8 --no-python plankton-train pretrain --shards shards/all --out runs/mae
+
+    With --resume the run's settings come from the checkpoint: only --shards (a moved copy of
+    the same shard set) and --workers may change; other training options are ignored.
+    """
+    from plankton_train.pretrain import PretrainConfig, resume_config, run_pretrain  # torch import: lazy
+
+    rank0 = os.environ.get("RANK", "0") == "0"
+    with _user_errors():
+        if resume is not None:
+            cfg = resume_config(resume, None if shards is None else str(shards), workers)
+            if rank0:
+                _console.print(f"resuming {cfg.out} from {resume}: training options come from the checkpoint")
+        elif shards is None:
+            raise PlanktonDataError("--shards is required (or --resume a run)")
+        else:
+            cfg = PretrainConfig(
+                shards=str(shards),
+                out=str(out),
+                model=ModelName(model).value,
+                batch_size=batch_size,
+                eff_batch=eff_batch,
+                blr=blr,
+                epochs=epochs,
+                warmup_epochs=warmup_epochs,
+                steps=steps,
+                warmup_steps=warmup_steps,
+                workers=8 if workers is None else workers,
+                seed=seed,
+                log_every=log_every,
+                ckpt_every=ckpt_every,
+                keep_checkpoints=keep_checkpoints,
+            )
+        display = _Display(_console) if rank0 else None
+        try:
+            run_pretrain(cfg, resume=resume, stop_after=stop_after, on_event=display)
+        finally:
+            if display is not None:
+                display.close()
+
+
+def reconstruct(
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint file or run folder.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    shards: Annotated[
+        Path | None, typer.Option(help="Shard folder to draw images from [default: the training one].")
+    ] = (None),
+    n: Annotated[int, typer.Option(min=1, help="Number of images (rows).")] = 8,
+    seed: Annotated[int, typer.Option(help="Picks the images and the masks.")] = 0,
+) -> None:
+    """Write a masked input / reconstruction / original grid (Figure 3 of the paper).
+
+    Example:
+
+        plankton-train reconstruct --checkpoint runs/mae-vitl --out runs/mae-vitl/reconstruction.png
+    """
+    from plankton_train.reconstruct import reconstruct as make_figure  # torch import: lazy
+
+    with _user_errors():
+        path = make_figure(checkpoint, out, shards=shards, n=n, seed=seed)
+    typer.echo(str(path))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    app.command("pretrain")(pretrain)
+    app.command("reconstruct")(reconstruct)

@@ -1,0 +1,210 @@
+"""Pretraining end to end on CPU: exact resume, real 2-process gloo DDP, timm-loadable export, the CLI.
+
+Run as a script, this file is one rank of the DDP test (``torchrun ... test_pretrain.py SHARDS OUT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import pytest
+import timm
+import torch
+from typer.testing import CliRunner
+
+from plankton_train.checkpoint import load_encoder
+from plankton_train.cli import app
+from plankton_train.models.mae import MODELS
+from plankton_train.pretrain import PretrainConfig, PretrainError, resume_config, run_pretrain
+
+TINY = dict(model="mae_test", batch_size=4, eff_batch=8, steps=6, warmup_steps=2, seed=3, log_every=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine makes more threads thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(synthetic_shards, tmp_path_factory):
+    """6 uninterrupted steps (9 micro-batches per epoch, accumulation 2: crosses an epoch boundary)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    cfg = PretrainConfig(shards=str(synthetic_shards.folder), out=str(out), workers=2, ckpt_every=2, **TINY)
+    return run_pretrain(cfg)
+
+
+def test_uninterrupted_run_writes_its_outputs(straight):
+    assert straight.step == straight.total_steps == 6
+    assert sorted(p.name for p in (straight.run_dir / "checkpoints").iterdir()) == [
+        "step-00000004.pt",
+        "step-00000006.pt",  # periodic every 2, newest 2 kept
+    ]
+    resolved = json.loads((straight.run_dir / "run_config.json").read_text())
+    assert resolved["accum_steps"] == 2 and resolved["lr"] == pytest.approx(1.5e-4 * 8 / 256)
+    assert (
+        (straight.run_dir / "metrics.csv").read_text().startswith("step,epoch,loss,lr,images_per_s,data_wait")
+    )
+    assert list((straight.run_dir / "tb").glob("events.out.tfevents.*"))
+    assert len(_losses(straight.run_dir)) == 6
+
+
+def test_resume_after_k_steps_equals_the_uninterrupted_run(straight, synthetic_shards, tmp_path):
+    cfg = PretrainConfig(
+        shards=str(synthetic_shards.folder), out=str(tmp_path / "split"), workers=0, ckpt_every=0, **TINY
+    )
+    part = run_pretrain(cfg, stop_after=4)
+    assert part.step == 4 and part.encoder is None and part.checkpoint.name == "step-00000004.pt"
+    rest = run_pretrain(resume_config(tmp_path / "split", workers=1), resume=tmp_path / "split")
+    assert rest.step == 6 and rest.encoder is not None
+    assert _losses(tmp_path / "split") == _losses(straight.run_dir)  # bit-identical, any worker count
+    theirs = straight.model.state_dict()
+    for name, value in rest.model.state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+
+
+def test_exported_encoder_loads_with_timm(straight):
+    enc = straight.run_dir / "encoder"
+    cfg = MODELS["mae_test"]
+    x = torch.randn(2, 1, 32, 32)
+    reference = straight.model.encoder.eval()(x)
+    native = timm.create_model(
+        cfg.arch,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(enc / "model.safetensors")),
+        in_chans=1,
+        num_classes=0,
+        img_size=32,
+        patch_size=8,
+        **cfg.encoder_args,
+    )
+    torch.testing.assert_close(native.eval()(x), reference)
+    hub = timm.create_model(f"local-dir:{enc}", pretrained=True)
+    torch.testing.assert_close(hub.eval()(x), reference)
+    mean = json.loads((straight.run_dir / "run_config.json").read_text())["mean"]
+    assert tuple(timm.data.resolve_data_config(model=hub)["mean"]) == (mean,)
+    for source in (straight.run_dir, straight.checkpoint):
+        classifier = load_encoder(source, num_classes=3, global_pool="avg")
+        assert classifier(x).shape == (2, 3)
+        torch.testing.assert_close(classifier.blocks[1].mlp.fc2.weight, hub.blocks[1].mlp.fc2.weight)
+
+
+def test_bad_geometry_and_reused_run_folder_are_refused(straight, synthetic_shards):
+    cfg = PretrainConfig(shards=str(synthetic_shards.folder), out=str(straight.run_dir), **TINY)
+    with pytest.raises(PretrainError, match="already holds checkpoints"):
+        run_pretrain(cfg)
+    with pytest.raises(PretrainError, match="not a multiple"):
+        run_pretrain(replace(cfg, out=str(straight.run_dir.parent / "other"), eff_batch=10))
+
+
+def _ddp_rank(shards: str, out: str) -> None:
+    """One torchrun rank: train 2 epochs, record every micro-batch's sample ids and the final weights."""
+    seen: list[list[int]] = []
+    cfg = PretrainConfig(
+        shards=shards,
+        out=out,
+        model="mae_test",
+        batch_size=5,
+        eff_batch=20,
+        epochs=2,
+        warmup_epochs=0.5,
+        workers=2,
+        log_every=1,
+        ckpt_every=0,
+    )
+    result = run_pretrain(cfg, on_batch=lambda batch: seen.append(batch["index"].tolist()))
+    weights = b"".join(p.detach().numpy().tobytes() for p in result.model.parameters())
+    record = {"batches": seen, "step": result.step, "digest": hashlib.sha256(weights).hexdigest()}
+    Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
+
+
+def test_two_process_gloo_ddp_gives_equal_disjoint_batches(synthetic_shards, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(synthetic_shards.folder),
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # 36 samples, 2 ranks: 18 each = batches of 5, 5, 5, 3 per epoch; 2 epochs; accumulation 2 -> 4 steps.
+    assert [len(r["batches"]) for r in ranks] == [8, 8] and [r["step"] for r in ranks] == [4, 4]
+    for epoch in (0, 1):
+        per_rank = [sum(r["batches"][4 * epoch : 4 * epoch + 4], []) for r in ranks]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert sorted(per_rank[0] + per_rank[1]) == list(range(36))
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # DDP kept the replicas identical
+    assert (out / "encoder" / "model.safetensors").is_file()
+
+
+def test_cli_pretrains_and_reconstructs_end_to_end(synthetic_shards, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli-run"
+    args = [
+        "pretrain",
+        "--shards",
+        str(synthetic_shards.folder),
+        "--out",
+        str(out),
+        "--model",
+        "mae_test",
+        "--batch-size",
+        "6",
+        "--eff-batch",
+        "12",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0.5",
+        "--workers",
+        "1",
+        "--log-every",
+        "2",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "encoder" / "config.json").is_file() and len(_losses(out)) == 3  # 6 steps, logged every 2
+    figure = tmp_path / "figs" / "recon.png"
+    result = runner.invoke(app, ["reconstruct", "--checkpoint", str(out), "--out", str(figure), "--n", "3"])
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(figure), cv2.IMREAD_GRAYSCALE).shape == (3 * 228 + 4, 3 * 228 + 4)
+
+    again = runner.invoke(app, args)  # same run folder without --resume
+    assert again.exit_code == 1 and "already holds checkpoints" in again.output
+    for bad in (
+        ["pretrain", "--shards", str(tmp_path / "nowhere")],
+        ["pretrain"],
+        ["reconstruct", "--checkpoint", str(tmp_path), "--out", str(figure)],
+    ):
+        result = runner.invoke(app, bad)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert "torchrun" in runner.invoke(app, ["pretrain", "--help"]).output
+    assert "Example" in runner.invoke(app, ["reconstruct", "--help"]).output
+
+
+if __name__ == "__main__":
+    _ddp_rank(sys.argv[1], sys.argv[2])
