@@ -148,8 +148,8 @@ def _make_sample(
         image_sha256=hashlib.sha256(image).hexdigest(),
         pixel_sha256=content,
         # Exact integers (held in doubles by cv2, exact below 2**53): any subset's mean/std without decoding.
-        pixel_sum=int(cv2.sumElems(out)[0]),
-        pixel_sq_sum=int(cv2.norm(out, cv2.NORM_L2SQR)),
+        pixel_sum=round(cv2.sumElems(out)[0]),
+        pixel_sq_sum=round(cv2.norm(out, cv2.NORM_L2SQR)),
         preprocess=json.dumps(preprocess, sort_keys=True),
         meta=json.dumps(meta, sort_keys=True),
     )

@@ -6,6 +6,7 @@ a glance tells whether preprocessing looks right. Samples are picked per dataset
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
 from plankton_data.manifest import read_manifest
-from plankton_data.pixels import SourceReader
 from plankton_data.stats import dataset_order, resolve_target
 
 _LABEL_W = 220  # px of the name column
@@ -50,20 +50,32 @@ def contact_sheet(
     rng = np.random.default_rng(seed)
     width = _LABEL_W + per_dataset * (tile + _GAP) + _GAP
     sheet = np.full((len(order) * (tile + _GAP) + _GAP, width), _BACKGROUND, np.uint8)
-    with SourceReader(found.shards_root) as reader:
-        for r, dataset in enumerate(order):
-            rows = np.flatnonzero(datasets == dataset)
-            picked = np.sort(rng.choice(rows, size=min(per_dataset, len(rows)), replace=False))
-            y = _GAP + r * (tile + _GAP)
-            cv2.putText(sheet, str(dataset), (8, y + tile // 2 - 4), _FONT, 0.7, 0, 2, cv2.LINE_AA)
-            cv2.putText(sheet, f"{len(rows):,} samples", (8, y + tile // 2 + 22), _FONT, 0.5, 90, 1, cv2.LINE_AA)
-            for c, row in enumerate(table.take(pa.array(picked)).to_pylist()):
-                img = cv2.imdecode(np.frombuffer(reader.image(row), np.uint8), cv2.IMREAD_GRAYSCALE)
-                if img is None:
-                    raise PlanktonDataError(f"cannot decode the stored image of {row['key']}")
-                x = _LABEL_W + _GAP + c * (tile + _GAP)
-                sheet[y : y + tile, x : x + tile] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
+    for r, dataset in enumerate(order):
+        rows = np.flatnonzero(datasets == dataset)
+        picked = np.sort(rng.choice(rows, size=min(per_dataset, len(rows)), replace=False))
+        y = _GAP + r * (tile + _GAP)
+        cv2.putText(sheet, str(dataset), (8, y + tile // 2 - 4), _FONT, 0.7, 0, 2, cv2.LINE_AA)
+        cv2.putText(sheet, f"{len(rows):,} samples", (8, y + tile // 2 + 22), _FONT, 0.5, 90, 1, cv2.LINE_AA)
+        for c, row in enumerate(table.take(pa.array(picked)).to_pylist()):
+            img = cv2.imdecode(np.frombuffer(_stored_image(found.shards_root, row), np.uint8), cv2.IMREAD_GRAYSCALE)
+            if img is None:
+                raise PlanktonDataError(f"cannot decode the stored image of {row['key']}")
+            x = _LABEL_W + _GAP + c * (tile + _GAP)
+            sheet[y : y + tile, x : x + tile] = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
     return _write_png(sheet, Path(out))
+
+
+def _stored_image(shards_root: Path, row: dict) -> bytes:
+    """The image bytes of a manifest row, read at its ``offset``/``length`` and checked against its sha256."""
+    path = shards_root / row["shard"]
+    try:
+        with open(path, "rb") as fh:
+            data = os.pread(fh.fileno(), row["length"], row["offset"])
+    except OSError as exc:
+        raise PlanktonDataError(f"cannot read {path}: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != row["image_sha256"]:
+        raise PlanktonDataError(f"corrupt shard {row['shard']}: image of {row['key']} fails its sha256")
+    return data
 
 
 def _write_png(img: np.ndarray, path: Path) -> Path:

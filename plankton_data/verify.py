@@ -9,7 +9,8 @@ concerns one sample, the key:
 * the manifest: one row per sample, and for every row the image member sits exactly at ``offset``/``length``
   and its bytes hash to ``image_sha256``; for shard sets the manifest and index come from the same build.
 
-:func:`read_members` (the tar header walk) is shared with :mod:`plankton_data.shardset`.
+This is the deep check that ``plankton-data shard`` leaves out (it checks source sizes and tar headers, not
+every image's sha256): run it on the ingested folders before a build, or on the set after it.
 """
 
 from __future__ import annotations
