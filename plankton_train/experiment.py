@@ -1,0 +1,213 @@
+"""The protocol grid: initialisations x groups (instruments) x labelled fractions x folds, resumable.
+
+A small TOML (or YAML) file describes the grid; see ``docs/finetuning.md``. Every finished run appends one
+row to ``<out>/results.csv``; on a rerun, cells that already have a row are skipped, so an interrupted
+experiment continues where it stopped. Run folders live under ``<out>/runs/<model>/<group>/<pct>/fold<k>``.
+Relative paths in the config are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import tomllib
+import yaml
+
+from plankton_data.errors import PlanktonDataError
+from plankton_train.finetune import Cell, Recipe, finetune
+from plankton_train.models.classifier import EncoderSpec
+from plankton_train.splits import read_splits
+
+log = logging.getLogger(__name__)
+
+RESULTS_NAME = "results.csv"
+RESULT_COLUMNS = (
+    "model",
+    "init",
+    "group",
+    "fraction",
+    "fold",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "ece",
+    "val_accuracy",
+    "best_epoch",
+    "n_train",
+    "n_val",
+    "n_test",
+    "classes",
+    "seconds",
+    "run_dir",
+)
+
+
+class ExperimentError(PlanktonDataError):
+    """A config file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed experiment config (paths resolved)."""
+
+    manifest: Path
+    shards_root: Path
+    splits: Path
+    models: dict[str, EncoderSpec]  # display name -> encoder (init + architecture)
+    recipe: Recipe
+    out: Path | None = None
+    groups: tuple[str, ...] = ()  # empty: every group of the splits file
+    fractions: tuple[float, ...] = ()  # empty: every fraction of the splits file
+    folds: tuple[int, ...] = ()  # empty: every fold
+
+
+def _strict(section: str, data: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ExperimentError(f"unknown key(s) {unknown} in [{section}]; allowed: {sorted(allowed)}")
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _build(cls: type, section: str, data: dict) -> Any:
+    _strict(section, data, _names(cls))
+    if "crop_scale" in data:
+        data = dict(data, crop_scale=tuple(data["crop_scale"]))
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ExperimentError(f"[{section}]: {exc}") from exc
+
+
+def load_experiment(path: Path | str) -> Experiment:
+    """Parse and check a TOML (``.toml``) or YAML (``.yaml``/``.yml``) experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"no config file at {path}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"{path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path}: expected a table of settings")
+    top = {
+        "manifest",
+        "shards_root",
+        "splits",
+        "out",
+        "groups",
+        "fractions",
+        "folds",
+        "models",
+        "encoder",
+        "recipe",
+    }
+    _strict("top level", data, top)
+    for key in ("manifest", "shards_root", "splits", "models"):
+        if key not in data:
+            raise ExperimentError(f"{path}: missing `{key}`")
+    base = path.parent
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (base / q).resolve()
+
+    shared = data.get("encoder", {})
+    models = {}
+    for name, spec in data["models"].items():
+        spec = {"init": spec} if isinstance(spec, str) else dict(spec)
+        merged = {**shared, **spec}
+        init = merged.get("init", "")
+        if (
+            init
+            and init not in ("random", "imagenet")
+            and not init.startswith(("timm:", "hf-hub:", "local-dir:"))
+        ):
+            merged["init"] = str(resolve(init))  # a local folder or weights file
+        if merged.get("weights_file"):
+            merged["weights_file"] = str(resolve(merged["weights_file"]))
+        models[str(name)] = _build(EncoderSpec, f"models.{name}", merged)
+    return Experiment(
+        manifest=resolve(data["manifest"]),
+        shards_root=resolve(data["shards_root"]),
+        splits=resolve(data["splits"]),
+        models=models,
+        recipe=_build(Recipe, "recipe", data.get("recipe", {})),
+        out=resolve(data["out"]) if data.get("out") else None,
+        groups=tuple(data.get("groups", ())),
+        fractions=tuple(float(f) for f in data.get("fractions", ())),
+        folds=tuple(int(k) for k in data.get("folds", ())),
+    )
+
+
+def grid(exp: Experiment) -> list[tuple[str, str, float, int]]:
+    """Every (model, group, fraction, fold) cell, groups/fractions/folds defaulting to the splits file's."""
+    splits, cfg = read_splits(exp.splits)
+    groups = exp.groups or tuple(sorted(splits["group"].unique()))
+    unknown = sorted(set(groups) - set(splits["group"]))
+    if unknown:
+        raise ExperimentError(f"groups {unknown} are not in {exp.splits}")
+    fractions = exp.fractions or cfg.fractions
+    missing = sorted(set(fractions) - set(cfg.fractions))
+    if missing:
+        raise ExperimentError(f"fractions {missing} are not in {exp.splits} (it has {list(cfg.fractions)})")
+    folds = exp.folds or tuple(range(cfg.folds))
+    if any(not 0 <= k < cfg.folds for k in folds):
+        raise ExperimentError(f"folds must be in 0..{cfg.folds - 1}, got {list(folds)}")
+    return [(m, g, f, k) for m in exp.models for g in groups for f in fractions for k in folds]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def run_experiment(exp: Experiment, out: Path | str | None = None) -> pd.DataFrame:
+    """Run every cell without a row in ``<out>/results.csv``; returns the full results table."""
+    out = Path(out) if out is not None else exp.out
+    if out is None:
+        raise ExperimentError("no output folder: set `out` in the config or pass --out")
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS_NAME
+    done = set()
+    if results_path.is_file():
+        prev = pd.read_csv(results_path)
+        done = {
+            (m, g, float(f), int(k))
+            for m, g, f, k in prev[["model", "group", "fraction", "fold"]].itertuples(index=False)
+        }
+    cells = grid(exp)
+    todo = [c for c in cells if c not in done]
+    log.info("%d cells, %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    for i, (model, group, fraction, fold) in enumerate(todo, 1):
+        run_dir = Path("runs") / _slug(model) / _slug(group) / f"{fraction * 100:g}pct" / f"fold{fold}"
+        log.info("[%d/%d] %s | %s | %g%% | fold %d", i, len(todo), model, group, fraction * 100, fold)
+        cell = Cell(exp.manifest, exp.shards_root, exp.splits, group, fold, fraction)
+        res = finetune(cell, exp.models[model], exp.recipe, out / run_dir)
+        row = {
+            **asdict(res),
+            "model": model,
+            "init": exp.models[model].init,
+            "group": group,
+            "fraction": fraction,
+            "fold": fold,
+            "run_dir": run_dir.as_posix(),
+        }
+        pd.DataFrame([{c: row[c] for c in RESULT_COLUMNS}]).to_csv(
+            results_path, mode="a", header=not results_path.is_file(), index=False
+        )
+        log.info(
+            "    test accuracy %.4f (val %.4f, best epoch %d, %.0f s)",
+            res.accuracy,
+            res.val_accuracy,
+            res.best_epoch,
+            res.seconds,
+        )
+    return pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=RESULT_COLUMNS)
