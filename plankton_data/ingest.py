@@ -14,6 +14,7 @@ manifest is the commit marker).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ from plankton_data.preprocess import (
     Task,
     process_batch,
     process_task,
+    worker_init,
 )
 from plankton_data.shard_index import ShardIndex, ShardInfo, write_index
 from plankton_data.sources import RawTree
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 #: ``progress(done_records, total_records)``, called from the parent process.
 ProgressFn = Callable[[int, int], None]
 _BATCH = 32  # records per worker round trip
+_EARLY_POOL_BYTES = 32 << 20
 
 
 @dataclass
@@ -94,7 +97,9 @@ def ingest(
     adapter = get_adapter(dataset)
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
     start = time.perf_counter()
-    with RawTree(raw) as tree:
+    # Big inputs: start the worker processes now, so their start-up overlaps the layout scan.
+    early = workers > 1 and _input_bytes(Path(raw)) > _EARLY_POOL_BYTES
+    with _pool(workers if early else 1) as pool, RawTree(raw) as tree:
         scan = adapter.scan(tree)
         if not scan.records:
             info = adapter.info
@@ -109,11 +114,15 @@ def ingest(
         done = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
         if progress:
             progress(done, len(scan.records))
-        results = _run(dataset, tree, [r for i in todo for r in chunks[i]], config, workers)
-        for i in todo:
-            done += _write_shard(staging, dataset, names[i], chunks[i], results)
-            if progress:
-                progress(done, len(scan.records))
+        records = [r for i in todo for r in chunks[i]]
+        # Small inputs: a pool only pays off beyond a few batches of work.
+        late = not early and workers > 1 and len(records) > 2 * _BATCH
+        with _pool(workers if late else 1) as late_pool:
+            results = _run(dataset, tree, records, config, pool or late_pool, workers)
+            for i in todo:
+                done += _write_shard(staging, dataset, names[i], chunks[i], results)
+                if progress:
+                    progress(done, len(scan.records))
     return _commit(
         dataset,
         staging,
@@ -137,22 +146,40 @@ def _plan_id(dataset: str, scan: Scan, config: PreprocessConfig, per_shard: int)
     return h.hexdigest()[:12]
 
 
-def _run(dataset: str, tree: RawTree, records: list, config: PreprocessConfig, workers: int) -> Iterator[list]:
+def _input_bytes(raw: Path) -> int:
+    if raw.is_file():
+        return raw.stat().st_size
+    return sum(f.stat().st_size for f in raw.rglob("*") if f.is_file()) if raw.is_dir() else 0
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A started pool of ``workers`` processes (``None`` for 1): spawned, one OpenCV thread each."""
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init) as pool:
+        for future in [pool.submit(worker_init) for _ in range(workers)]:  # spawn all of them now
+            future.result()
+        yield pool
+
+
+def _run(
+    dataset: str, tree: RawTree, records: list, config: PreprocessConfig, pool: ProcessPoolExecutor | None, workers: int
+) -> Iterator[list]:
     """Results of :func:`process_task` in record order; bytes are read lazily, at most a window ahead."""
     tasks = (Task(dataset, r, _read(tree, r), config) for r in records)
-    workers = min(workers, -(-len(records) // _BATCH))  # a pool for a handful of images costs more than it saves
-    if workers <= 1:
+    if pool is None:
         yield from map(process_task, tasks)
         return
     window = 4 * workers  # batches in flight: bounds memory whatever the dataset size
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        pending: deque = deque()
-        for batch in _batched(tasks, _BATCH):
-            pending.append(pool.submit(process_batch, batch))
-            if len(pending) >= window:
-                yield from pending.popleft().result()
-        while pending:
+    pending: deque = deque()
+    for batch in _batched(tasks, _BATCH):
+        pending.append(pool.submit(process_batch, batch))
+        if len(pending) >= window:
             yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()
 
 
 def _batched(items: Iterator, n: int) -> Iterator[list]:

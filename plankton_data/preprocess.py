@@ -156,6 +156,12 @@ def _make_sample(
     return Sample(row, image, json.dumps(fields, sort_keys=True).encode())
 
 
+def worker_init() -> None:
+    """Per worker process: one OpenCV thread. Parallelism comes from the processes; OpenCV's own thread
+    pool would oversubscribe the cores (N workers x N threads) and slow everything down."""
+    cv2.setNumThreads(1)
+
+
 def process_batch(tasks: list[Task]) -> list[list[Sample | Failure]]:
     """:func:`process_task` over a batch: one inter-process round trip per batch, not per image."""
     return [process_task(t) for t in tasks]

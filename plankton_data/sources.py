@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -94,6 +95,7 @@ class RawTree:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._archives: list[zipfile.ZipFile] = []
+        self._fds: list[int] = []
         self._files: list[io.IOBase] = []
         self.members: list[Member] = []
         if not self.root.exists():
@@ -118,15 +120,16 @@ class RawTree:
             raise CorruptArchive(f"{path} is not a readable zip archive (truncated or another format)")
         fh = open(path, "rb")
         self._files.append(fh)
-        self._add_zip(fh, vpath, str(path))
+        self._add_zip(fh, vpath, str(path), fh.fileno())
 
-    def _add_zip(self, fileobj, vpath: str, label: str) -> None:
+    def _add_zip(self, fileobj, vpath: str, label: str, fd: int = -1) -> None:
         try:
             zf = zipfile.ZipFile(fileobj)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise CorruptArchive(f"cannot open zip {label}: {exc}") from exc
         index = len(self._archives)
         self._archives.append(zf)
+        self._fds.append(fd)  # a real file descriptor for top-level archives, -1 inside another zip
         for info in zf.infolist():
             if info.is_dir():
                 continue
@@ -149,10 +152,26 @@ class RawTree:
         return spool
 
     def read(self, member: Member) -> bytes:
-        """The member's bytes. Raises ``OSError``/``zipfile.BadZipFile`` on damaged data."""
+        """The member's bytes, CRC-checked. Raises ``OSError``/``zipfile.BadZipFile`` on damaged data."""
         if member.archive < 0:
             return Path(member.name).read_bytes()
-        return self._archives[member.archive].read(member.name)
+        zf = self._archives[member.archive]
+        fd = self._fds[member.archive]
+        info = zf.getinfo(member.name)
+        if fd < 0 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+            return zf.read(member.name)
+        # Fast path for a top-level archive (~10x less Python than ZipFile.read): one pread of the local
+        # header plus data, inflate, and the same CRC check zipfile does.
+        head = os.pread(fd, 30, info.header_offset)
+        if head[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header for {member.name}")
+        start = info.header_offset + 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
+        data = os.pread(fd, info.compress_size, start)
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            data = zlib.decompress(data, -15)
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+            raise zipfile.BadZipFile(f"bad CRC or size for {member.name}")
+        return data
 
     def close(self) -> None:
         for zf in self._archives:

@@ -29,22 +29,33 @@ class MemberLocation:
     length: int  # data length in bytes
 
 
-def ustar_header(name: str, size: int) -> bytes:
-    """A 512-byte POSIX ustar header for a regular file with fixed metadata."""
-    raw = name.encode("utf-8")
-    if len(raw) > 100:
-        raise ValueError(f"member name longer than 100 bytes: {name!r}")
+def _template() -> bytearray:
     header = bytearray(BLOCK)
-    header[0 : len(raw)] = raw
     header[100:108] = b"0000444\0"  # mode
     header[108:116] = b"0000000\0"  # uid
     header[116:124] = b"0000000\0"  # gid
-    header[124:136] = b"%011o\0" % size
     header[136:148] = b"00000000000\0"  # mtime
-    header[148:156] = b" " * 8  # checksum placeholder
+    header[148:156] = b" " * 8  # checksum field counts as spaces
     header[156:157] = b"0"  # regular file
     header[257:265] = b"ustar\x0000"
-    header[148:156] = b"%06o\0 " % sum(header)
+    return header
+
+
+_TEMPLATE = bytes(_template())
+_TEMPLATE_SUM = sum(_TEMPLATE)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A 512-byte POSIX ustar header for a regular file with fixed metadata (mode 0444, owner 0, mtime 0)."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"member name longer than 100 bytes: {name!r}")
+    size_field = b"%011o\0" % size
+    header = bytearray(_TEMPLATE)
+    header[0 : len(raw)] = raw
+    header[124:136] = size_field
+    # The checksum is the byte sum of the header: the fixed part is precomputed.
+    header[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(size_field) - sum(_TEMPLATE[124:136]))
     return bytes(header)
 
 
@@ -80,14 +91,16 @@ class TarShardWriter:
         """
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-        locations = {}
+        locations, parts, pos = {}, [], self._pos
         for ext in sorted(members):
             data = members[ext]
-            self._write(ustar_header(f"{key}.{ext}", len(data)))
-            locations[ext] = MemberLocation(offset=self._pos, length=len(data))
-            self._write(data)
-            if pad := -len(data) % BLOCK:
-                self._write(b"\0" * pad)
+            parts.append(ustar_header(f"{key}.{ext}", len(data)))
+            locations[ext] = MemberLocation(offset=pos + BLOCK, length=len(data))
+            parts.append(data)
+            pad = -len(data) % BLOCK
+            parts.append(b"\0" * pad)
+            pos += BLOCK + len(data) + pad
+        self._write(b"".join(parts))  # one write and one hash update per sample
         self.count += 1
         return locations
 
