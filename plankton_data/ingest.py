@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ from plankton_data.preprocess import (
     process_task,
     worker_init,
 )
-from plankton_data.shard_index import ShardIndex, ShardInfo, write_index
+from plankton_data.shard_index import ShardIndex, ShardInfo, swap_in, write_index
 from plankton_data.sources import RawTree
 from plankton_data.tarwriter import TarShardWriter
 
@@ -254,14 +253,7 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
     for name in names:
         (staging / f"{name}.rows.parquet").unlink()
     final = shards_root / dataset
-    if final.exists():
-        old = shards_root / f".{dataset}.old-{plan}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, final)
+    swap_in(staging, final, plan)
     rejects_path = manifests_root / f"{dataset}.rejects.parquet"
     write_table(to_table([dict(asdict(r), dataset=dataset) for r in rejects], REJECTS_SCHEMA), rejects_path)
     write_table(manifest, manifest_path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,22 @@ def write_index(index: ShardIndex, folder: Path) -> Path:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def swap_in(staging: Path, final: Path, tag: str) -> None:
+    """Replace the shard folder ``final`` by the finished ``staging`` folder (which holds its index.json).
+
+    Two renames: the old folder moves aside as ``.<name>.old-<tag>``, the new one takes its name, the old one
+    is deleted. A crash in between leaves either folder complete under some name, never a mix.
+    """
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{tag}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final)
 
 
 def read_index(folder: Path | str) -> ShardIndex:

@@ -37,7 +37,6 @@ import io
 import json
 import os
 import re
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -55,7 +54,7 @@ from plankton_data import __version__
 from plankton_data.adapters import DATASET_IDS, get_adapter, normalize_label
 from plankton_data.errors import PlanktonDataError, SchemaError
 from plankton_data.manifest import MANIFEST_SCHEMA, SHARDSET_SCHEMA, pixel_stats, read_manifest, validate
-from plankton_data.shard_index import INDEX_NAME, ShardIndex, read_index, write_index
+from plankton_data.shard_index import INDEX_NAME, ShardIndex, read_index, swap_in, write_index
 from plankton_data.shardcopy import Layout, SourceTars, check_sources, plan_layout, write_tars
 
 #: ``progress(done_samples, total_samples)``, called from the calling thread.
@@ -458,14 +457,7 @@ def _commit(staging: Path, final: Path, index: ShardIndex, staged: list[Path]) -
     write_index(index, staging)
     for done in staging.glob("*.done"):
         done.unlink()
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{index.args['plan']}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, final)
+    swap_in(staging, final, index.args["plan"])
     for path in staged:
         os.replace(_partial(path), path)
 
