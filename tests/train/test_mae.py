@@ -15,15 +15,6 @@ from plankton_train.models.mae import MODELS, build_mae, random_mask
 from plankton_train.optim import cosine_lr, param_groups, set_lr
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine makes more threads thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fixed_batch(synthetic_shards) -> torch.Tensor:
     """8 normalised 32 px images from the synthetic shard set, ``(8, 1, 32, 32)``."""

@@ -27,15 +27,6 @@ from plankton_train.pretrain import PretrainConfig, PretrainError, resume_config
 TINY = dict(model="mae_test", batch_size=4, eff_batch=8, steps=6, warmup_steps=2, seed=3, log_every=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine makes more threads thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
