@@ -110,7 +110,7 @@ def ingest(
         chunks = [scan.records[i : i + records_per_shard] for i in range(0, len(scan.records), records_per_shard)]
         names = [f"{dataset}-{i:06d}.tar" for i in range(len(chunks))]
         todo = [i for i, name in enumerate(names) if not (staging / f"{name}.rows.parquet").is_file()]
-        done = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+        done = len(scan.records) - sum(len(chunks[i]) for i in todo)
         if progress:
             progress(done, len(scan.records))
         records = [r for i in todo for r in chunks[i]]
