@@ -11,6 +11,9 @@ the ``pixel_sha256`` column), warms the page cache and the imports with one unti
 * ``cp -r`` of the two source shard folders (the same bytes, no hashing), and ``cp -r`` + ``sync`` of the copies;
 * sha256 of the source tars on one core (hashlib, as the build): the build must hash every byte it writes once.
 
+Then, when this process may write ``/proc/sys/vm/drop_caches`` (root), the build and ``cp -r`` again, each from
+a cold page cache: the regime of a set larger than memory, where both are bound by the disk.
+
 Reports medians of wall time (MB/s over the bytes each writes, and the build's samples/s) and of CPU seconds
 (this process and its children: on a machine shared with other jobs, the CPU cost of each step is steadier
 than its wall time). Bar (issue 3): build MB/s >= 0.5x the ``cp`` MB/s.
@@ -35,6 +38,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 RAWS = {"kaggle": REALDATA / "kaggle" / "train.zip", "zoolake": REALDATA / "lake_zooplankton" / "data.zip"}
 
 
@@ -106,19 +110,29 @@ def main() -> None:
         for tar in tars:
             hashlib.sha256(tar.read_bytes())
 
-    def clean() -> None:  # outside the timings: every copy goes to a fresh place
+    def clean(cold: bool = False) -> None:  # outside the timings: every copy goes to a fresh place
         shutil.rmtree(shards / "bench", ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         copy.mkdir()
         subprocess.run(["sync"], check=True)  # no writeback of an earlier step runs into the next timing
+        if cold:
+            DROP_CACHES.write_text("3")
 
     build()  # warm-up: imports, page cache
     steps = {"build": build, "build_sync": build_sync, "cp": cp, "cp_sync": cp_sync, "sha256": hash_once}
     runs: dict[str, list[float]] = {label: [] for label in steps}
     cpu: dict[str, list[float]] = {label: [] for label in steps}
+    cold_steps = {"build_cold": build, "cp_cold": cp} if os.access(DROP_CACHES, os.W_OK) else {}
+    for label in cold_steps:
+        runs[label], cpu[label] = [], []
     for _ in range(args.repeats):
         for label, step in steps.items():
             clean()
+            wall, cpu_s = timed(step)
+            runs[label].append(wall)
+            cpu[label].append(cpu_s)
+        for label, step in cold_steps.items():
+            clean(cold=True)
             wall, cpu_s = timed(step)
             runs[label].append(wall)
             cpu[label].append(cpu_s)
@@ -142,6 +156,10 @@ def main() -> None:
         "load_avg_1min_after": os.getloadavg()[0],
         "runs": runs,
     }
+    if cold_steps:
+        result["build_cold_mb_s"] = report.bytes / 1e6 / med["build_cold"]
+        result["cp_cold_mb_s"] = source_bytes / 1e6 / med["cp_cold"]
+        result["ratio_cold"] = result["build_cold_mb_s"] / result["cp_cold_mb_s"]
     result["ratio_vs_cp"] = result["build_mb_s"] / result["cp_mb_s"]
     result["ratio_vs_cp_sync"] = result["build_mb_s"] / result["cp_sync_mb_s"]
     result["ratio_synced_vs_cp_sync"] = result["build_sync_mb_s"] / result["cp_sync_mb_s"]
@@ -154,6 +172,13 @@ def main() -> None:
         f" {result['ratio_synced_vs_cp_sync']:.2f}x cp -r + sync; sha256 alone:"
         f" {result['sha256_one_core_mb_s']:.0f} MB/s on one core"
     )
+    if cold_steps:
+        print(
+            f"cold page cache: build {result['build_cold_mb_s']:.0f} MB/s vs cp -r {result['cp_cold_mb_s']:.0f} MB/s:"
+            f" {result['ratio_cold']:.2f}x"
+        )
+    else:
+        print(f"cold-cache runs skipped: {DROP_CACHES} is not writable (run as root to measure them)")
 
 
 if __name__ == "__main__":

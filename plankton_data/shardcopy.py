@@ -49,6 +49,27 @@ _WORKERS = max(1, min(4, os.cpu_count() or 1))  # tars written at once
 ProgressFn = Callable[[int, int], None]
 
 
+def prefetch_files(paths: list[Path]) -> None:
+    """Ask the kernel to start reading ``paths`` into the page cache in the background.
+
+    The copy reads each source tar in shuffled 512-byte-block runs through a map, which defeats readahead: from
+    a cold cache every run would be a small synchronous read. ``POSIX_FADV_WILLNEED`` queues whole-file reads
+    that proceed while the manifests are parsed. A hint only: a missing file or a system without it is ignored
+    here and reported where the file is opened.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+
 class SourceTars:
     """Read-only maps of source tars (manifest ``shard`` paths under ``root``), each checked against the size its
     index.json records when first opened. Open them from one thread; reading the views is thread-safe."""

@@ -55,7 +55,7 @@ from plankton_data.adapters import DATASET_IDS, get_adapter, normalize_label
 from plankton_data.errors import PlanktonDataError, SchemaError
 from plankton_data.manifest import MANIFEST_SCHEMA, SHARDSET_SCHEMA, pixel_stats, read_manifest, validate
 from plankton_data.shard_index import INDEX_NAME, ShardIndex, read_index, swap_in, write_index
-from plankton_data.shardcopy import Layout, SourceTars, check_sources, plan_layout, write_tars
+from plankton_data.shardcopy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
 
 #: ``progress(done_samples, total_samples)``, called from the calling thread.
 ProgressFn = Callable[[int, int], None]
@@ -205,6 +205,8 @@ def build_shard_set(
     included, excluded = _resolve(name, include, exclude, manifests_root, samples_per_shard)
     sources = {d: _load(d, shards_root, manifests_root) for d in included}
     refs = {d: _load(d, shards_root, manifests_root) for d in excluded if (manifests_root / f"{d}.parquet").is_file()}
+    # the disk reads the source tars while the rows are selected and laid out (after the manifests: not behind)
+    prefetch_files([shards_root / d / i.name for d, s in sources.items() for i in s.index.shards])
     notes = [f"leak guard: {d} is not ingested, so its images were not compared" for d in excluded if d not in refs]
     _check_encoding(sources)
     taxa = load_shared_taxa(uncertain_taxa) if drop_class_overlap and "daplankton" in excluded else []
