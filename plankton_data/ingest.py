@@ -34,7 +34,14 @@ from plankton_data import __version__
 from plankton_data.adapters import get_adapter
 from plankton_data.adapters.base import Reject, Scan
 from plankton_data.errors import MissingRawData
-from plankton_data.manifest import MANIFEST_SCHEMA, REJECTS_SCHEMA, pixel_stats, to_table, write_table
+from plankton_data.manifest import (
+    MANIFEST_SCHEMA,
+    REJECTS_SCHEMA,
+    dataset_pixel_stats,
+    pixel_stats,
+    to_table,
+    write_table,
+)
 from plankton_data.preprocess import (
     PREPROCESS_VERSION,
     Failure,
@@ -243,6 +250,7 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
             total=manifest.num_rows,
             mean=mean,
             std=std,
+            dataset_stats=dataset_pixel_stats(manifest),
             shards=infos,
             manifest=os.path.relpath(manifest_path, shards_root / dataset),
             args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},

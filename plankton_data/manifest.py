@@ -152,6 +152,12 @@ def pixel_stats(table: pa.Table) -> tuple[float, float]:
     return mean, math.sqrt(max(0.0, var))
 
 
+def dataset_pixel_stats(table: pa.Table) -> dict[str, list[float]]:
+    """:func:`pixel_stats` of each dataset's rows: ``{dataset id: [mean, std]}``, ids sorted."""
+    datasets = pc.unique(table["dataset"]).to_pylist()
+    return {d: list(pixel_stats(table.filter(pc.equal(table["dataset"], d)))) for d in sorted(datasets)}
+
+
 def write_table(table: pa.Table, path: Path) -> None:
     """Write Parquet atomically: a temp file in the same folder, fsync, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

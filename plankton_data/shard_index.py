@@ -11,6 +11,7 @@ statistics from here and never scan tars. Layout::
       "size": 256,                      # side of the stored square images (0 = native sizes)
       "total": 30336,                   # samples over all shards
       "mean": 0.91, "std": 0.17,        # pixel mean/std of the stored images, in [0, 1] units
+      "dataset_stats": {"kaggle": [0.95, 0.15], "zoolake": [0.04, 0.13]},  # the same, per source dataset
       "shards": [{"name": "kaggle-000000.tar", "count": 2000, "bytes": 41230848, "sha256": "..."}],
       "manifest": "../../manifests/kaggle.parquet",  # relative to this folder
       "args": {...},                    # the arguments that produced the folder
@@ -56,6 +57,10 @@ class ShardIndex:
     shards: list[ShardInfo]
     manifest: str = ""
     args: dict = field(default_factory=dict)
+    #: ``{dataset id: [mean, std]}`` of the stored pixels of each source dataset (one entry for an ingested
+    #: folder). Mixed sets need them: bright-field (Kaggle, white background) and dark-field (ZooLake, black
+    #: background) images have opposite statistics, and one set-wide mean/std squashes the dark ones.
+    dataset_stats: dict[str, list[float]] = field(default_factory=dict)
     version: str = ""
     format: str = INDEX_FORMAT
 

@@ -53,7 +53,14 @@ import pyarrow.parquet as pq
 from plankton_data import __version__
 from plankton_data.adapters import DATASET_IDS, get_adapter, normalize_label
 from plankton_data.errors import PlanktonDataError, SchemaError
-from plankton_data.manifest import MANIFEST_SCHEMA, SHARDSET_SCHEMA, pixel_stats, read_manifest, validate
+from plankton_data.manifest import (
+    MANIFEST_SCHEMA,
+    SHARDSET_SCHEMA,
+    dataset_pixel_stats,
+    pixel_stats,
+    read_manifest,
+    validate,
+)
 from plankton_data.shard_index import INDEX_NAME, ShardIndex, read_index, swap_in, write_index
 from plankton_data.shardcopy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
 
@@ -237,7 +244,7 @@ def build_shard_set(
             check_sources(layout, tars)  # before anything is written
             staging.mkdir(parents=True, exist_ok=True)
             infos, resumed = write_tars(staging, layout, tars, progress)
-            mean, std = staged.result()
+            mean, std, dataset_stats = staged.result()
         except BaseException:
             staged.exception()  # wait for the side thread, then drop what it wrote
             for path in (manifest_path, removed_path):
@@ -251,6 +258,7 @@ def build_shard_set(
         total=len(order),
         mean=mean,
         std=std,
+        dataset_stats=dataset_stats,
         shards=infos,
         manifest=str(manifest_path),
         args=args,
@@ -414,14 +422,15 @@ def _stage_tables(
     sel: _Selection,
     manifest_path: Path,
     removed_path: Path,
-) -> tuple[float, float]:
-    """Write the manifest and the removed list under their temporary names; return the set's pixel mean/std."""
+) -> tuple[float, float, dict[str, list[float]]]:
+    """Write the manifest and the removed list under their temporary names; return the set's pixel mean/std,
+    and the same per source dataset."""
     manifest = _output_manifest(combined, order, layout, plan)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(_removed_table(sources, sel), _partial(removed_path), compression="zstd")
     # LZ4 and dictionaries only where values repeat: 40 ms instead of 76 ms for 40k rows, 1.9x the size of zstd
     pq.write_table(manifest, _partial(manifest_path), compression="lz4", use_dictionary=_DICTIONARY_COLUMNS)
-    return pixel_stats(manifest)
+    return (*pixel_stats(manifest), dataset_pixel_stats(manifest))
 
 
 def _output_manifest(combined: pa.Table, order: np.ndarray, layout: Layout, plan: str) -> pa.Table:

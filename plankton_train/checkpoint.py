@@ -69,9 +69,7 @@ def latest_checkpoint(path: Path | str) -> Path:
     if path.is_file():
         return path
     for folder in (path / "checkpoints", path):
-        found = (
-            sorted(p for p in folder.glob("step-*.pt") if _STEP_FILE.match(p.name)) if folder.is_dir() else []
-        )
+        found = sorted(p for p in folder.glob("step-*.pt") if _STEP_FILE.match(p.name)) if folder.is_dir() else []
         if found:
             return found[-1]
     raise CheckpointError(f"no checkpoint at {path}")
@@ -122,17 +120,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def export_encoder(model: MAE, folder: Path, mean: float, std: float) -> Path:
+def export_encoder(
+    model: MAE,
+    folder: Path,
+    mean: float,
+    std: float,
+    normalization: str = "set",
+    dataset_stats: dict[str, list[float]] | None = None,
+) -> Path:
     """Write the encoder as ``folder/model.safetensors`` + ``folder/config.json`` (timm hub layout).
 
     ``mean``/``std`` (shard-set pixel statistics in [0, 1] units) go into the config's data settings, so
-    ``timm.data.resolve_data_config`` gives the normalisation the encoder was trained with.
+    ``timm.data.resolve_data_config`` gives one normalisation for the encoder. With per-dataset pretraining
+    (``normalization="dataset"``) each image was normalised with its own dataset's statistics, recorded as
+    ``plankton_normalization`` in ``config.json``; fine-tune with the target dataset's own statistics then.
     """
     cfg = model.cfg
     save_for_hf(
         model.encoder,
         str(folder),
-        model_config={"pretrained_cfg": {"tag": "plankton_mae", "license": None}},  # not timm's augreg tag
+        model_config={
+            "pretrained_cfg": {"tag": "plankton_mae", "license": None},  # not timm's augreg tag
+            "plankton_normalization": {"mode": normalization, "dataset_stats": dataset_stats or {}},
+        },
         model_args=cfg.timm_args(),
         safe_serialization=True,
         data_config={
@@ -190,7 +200,6 @@ def load_encoder(path: Path | str, num_classes: int = 0, **timm_kwargs) -> nn.Mo
     unexpected = [k for k in result.unexpected_keys if not k.startswith(_DROPPABLE)]
     if missing or unexpected:
         raise CheckpointError(
-            f"{path} does not fit {arch} with {timm_kwargs}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{path} does not fit {arch} with {timm_kwargs}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model

@@ -2,12 +2,16 @@
 
 A small TOML (or YAML) file describes the grid; see ``docs/finetuning.md``. Every finished run appends one
 row to ``<out>/results.csv``; on a rerun, cells that already have a row are skipped, so an interrupted
-experiment continues where it stopped. Run folders live under ``<out>/runs/<model>/<group>/<pct>/fold<k>``.
+experiment continues where it stopped. ``<out>/experiment.json`` records the recipe and every model's encoder
+spec; a rerun with another recipe, or another spec under a model name already run, is refused rather than
+mixing rows of two settings in one table (adding models, fractions or folds is fine). Run folders live under
+``<out>/runs/<model>/<group>/<pct>/fold<k>``.
 Relative paths in the config are relative to the config file's folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import asdict, dataclass, fields
@@ -26,6 +30,7 @@ from plankton_train.splits import read_splits
 log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.csv"
+SETTINGS_NAME = "experiment.json"
 RESULT_COLUMNS = (
     "model",
     "init",
@@ -169,12 +174,34 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+def _check_settings(exp: Experiment, path: Path) -> None:
+    """Refuse to add rows made with other settings to ``path``'s folder; record the (merged) settings."""
+    settings = {
+        "recipe": asdict(exp.recipe),
+        "models": {name: asdict(spec) for name, spec in exp.models.items()},
+    }
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old["recipe"] != settings["recipe"]:
+            changed = sorted(k for k in settings["recipe"] if old["recipe"].get(k) != settings["recipe"][k])
+            raise ExperimentError(f"{path.parent} holds results of another recipe (differs in {changed}): new --out")
+        for name, spec in settings["models"].items():
+            if name in old["models"] and old["models"][name] != spec:
+                raise ExperimentError(f"{path.parent} holds results of another {name!r} encoder spec: rename the model")
+        settings["models"] = {**old["models"], **settings["models"]}
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 def run_experiment(exp: Experiment, out: Path | str | None = None) -> pd.DataFrame:
     """Run every cell without a row in ``<out>/results.csv``; returns the full results table."""
     out = Path(out) if out is not None else exp.out
     if out is None:
         raise ExperimentError("no output folder: set `out` in the config or pass --out")
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(exp, out / SETTINGS_NAME)
     results_path = out / RESULTS_NAME
     done = set()
     if results_path.is_file():

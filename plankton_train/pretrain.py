@@ -54,6 +54,10 @@ class PretrainError(PlanktonDataError):
     """A configuration or run folder that cannot be trained as asked (explained in one line)."""
 
 
+#: Input normalisation of pretraining (``PretrainConfig.normalization``).
+NORMALIZATIONS = ("dataset", "set")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything that defines a pretraining run (saved resolved in ``run_config.json`` and checkpoints)."""
@@ -74,6 +78,7 @@ class PretrainConfig:
     warmup_steps: int = -1  # overrides warmup_epochs when >= 0
     seed: int = 0
     workers: int = 8  # loader worker processes per rank
+    normalization: str = "set"  # "set": the set's mean/std (the paper); "dataset": each image its dataset's
     log_every: int = 20  # optimiser steps between metric records
     ckpt_every: int = 1000  # optimiser steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # periodic checkpoints kept (the newest)
@@ -85,6 +90,8 @@ class PretrainConfig:
         for name in ("batch_size", "eff_batch", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise PretrainError(f"{name} must be >= 1")
+        if self.normalization not in NORMALIZATIONS:
+            raise PretrainError(f"normalization must be one of {', '.join(NORMALIZATIONS)}: {self.normalization!r}")
         if self.blr <= 0 or self.epochs <= 0 or self.workers < 0 or self.ckpt_every < 0:
             raise PretrainError("blr and epochs must be > 0; workers and ckpt_every >= 0")
 
@@ -132,6 +139,34 @@ def _mask_generator(seed: int, rank: int, position: int, device: torch.device) -
     return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
+def _sample_stats(stream: ShardStream, cfg: PretrainConfig) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per-sample pixel mean/std ``(N,)`` for ``cfg.normalization``, and the per-dataset stats used.
+
+    A sample's dataset is the prefix of its key (``<dataset>_<16 hex>``, :func:`plankton_data.preprocess.
+    sample_key`); its statistics come from ``index.json``'s ``dataset_stats``. With ``"set"`` every sample
+    gets the set's own mean/std (the paper's setting).
+    """
+    index, n = stream.index, stream.num_samples
+    if cfg.normalization == "set":
+        stats = {"*": [index.mean, index.std]}
+        code = np.zeros(n, np.int64)
+    else:
+        if not index.dataset_stats:
+            raise PretrainError(
+                f"{cfg.shards}/index.json has no per-dataset statistics (written by an older plankton-data):"
+                " rebuild the shard set, or pass --normalization set"
+            )
+        datasets, code = np.unique([k.rpartition(b"_")[0].decode() for k in stream.table.keys], return_inverse=True)
+        missing = sorted(set(datasets) - set(index.dataset_stats))
+        if missing:
+            raise PretrainError(f"{cfg.shards}/index.json has no statistics for dataset(s) {', '.join(missing)}")
+        stats = {d: index.dataset_stats[d] for d in datasets}
+    mean, std = np.array([s[0] for s in stats.values()]), np.array([s[1] for s in stats.values()])
+    if not (std > 0).all():
+        raise PretrainError(f"{cfg.shards}/index.json has a pixel std of 0 in {stats}; cannot normalise")
+    return stats, mean[code], std[code]
+
+
 class _MetricsLog:
     """metrics.jsonl + metrics.csv + TensorBoard, written by rank 0 only."""
 
@@ -175,9 +210,7 @@ class _MetricsLog:
 class _Trainer:
     """One run's state and loop; :func:`run_pretrain` is the public entry."""
 
-    def __init__(
-        self, cfg: PretrainConfig, dd: _Dist, on_event: EventFn | None, on_batch: BatchFn | None
-    ) -> None:
+    def __init__(self, cfg: PretrainConfig, dd: _Dist, on_event: EventFn | None, on_batch: BatchFn | None) -> None:
         self.cfg, self.dd, self.on_batch = cfg, dd, on_batch
         self.on_event = on_event if dd.rank == 0 else None
         self.cuda = dd.device.type == "cuda"
@@ -192,19 +225,16 @@ class _Trainer:
         )
         self.loader = StreamLoader(self.stream, cfg.workers, pin_memory=self.cuda)
         self.mean, self.std = self.stream.index.mean, self.stream.index.std
-        if not self.std > 0:
-            raise PretrainError(f"{cfg.shards}/index.json has pixel std {self.std}; cannot normalise")
+        self.dataset_stats, sample_mean, sample_std = _sample_stats(self.stream, cfg)
+        self.sample_mean = torch.tensor(sample_mean, dtype=torch.float32, device=dd.device).view(-1, 1, 1, 1)
+        self.sample_std = torch.tensor(sample_std, dtype=torch.float32, device=dd.device).view(-1, 1, 1, 1)
         per_step = cfg.batch_size * dd.world
         if cfg.eff_batch % per_step:
-            raise PretrainError(
-                f"eff_batch {cfg.eff_batch} is not a multiple of batch_size x world size = {per_step}"
-            )
+            raise PretrainError(f"eff_batch {cfg.eff_batch} is not a multiple of batch_size x world size = {per_step}")
         self.accum = cfg.eff_batch // per_step
         micro = self.stream.batches_per_epoch
         self.total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * micro / self.accum)
-        self.warmup = (
-            cfg.warmup_steps if cfg.warmup_steps >= 0 else round(cfg.warmup_epochs * micro / self.accum)
-        )
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else round(cfg.warmup_epochs * micro / self.accum)
         if self.cuda:
             torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
         self.model = build_mae(cfg.model).to(dd.device)
@@ -237,6 +267,7 @@ class _Trainer:
             "num_samples": self.stream.num_samples,
             "mean": self.mean,
             "std": self.std,
+            "dataset_stats": self.dataset_stats,
             "device": str(self.dd.device),
             "torch": torch.__version__,
             "plankton_train": __version__,
@@ -290,7 +321,9 @@ class _Trainer:
 
     def micro_step(self, batch: dict, last: bool) -> torch.Tensor:
         """Forward + backward of one micro-batch; gradients are all-reduced only on the last one."""
-        images = normalize(batch["images"].to(self.dd.device, non_blocking=True), self.mean, self.std)
+        index = batch["index"].to(self.dd.device, non_blocking=True)
+        images = batch["images"].to(self.dd.device, non_blocking=True)
+        images = normalize(images, self.sample_mean[index], self.sample_std[index])
         gen = _mask_generator(self.cfg.seed, self.dd.rank, batch["position"], self.dd.device)
         sync = nullcontext() if last or self.dd.world == 1 else self.ddp.no_sync()
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
@@ -341,9 +374,7 @@ class _Trainer:
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         loss_value = float(loss)  # the only host sync of the loop, once per log window
         if not math.isfinite(loss_value):
-            raise PretrainError(
-                f"loss became {loss_value} at step {self.step}; lower --blr or check the data"
-            )
+            raise PretrainError(f"loss became {loss_value} at step {self.step}; lower --blr or check the data")
         elapsed = time.perf_counter() - window.start
         record = {
             "step": self.step,
@@ -386,9 +417,7 @@ def _check_run_dir(run_dir: Path, resuming: bool) -> None:
     """A fresh run must not mix its checkpoints with an earlier run's (checked on every rank: no hang)."""
     ckpts = run_dir / "checkpoints"
     if not resuming and ckpts.is_dir() and any(ckpts.glob("step-*.pt")):
-        raise PretrainError(
-            f"{run_dir} already holds checkpoints; pass --resume {run_dir} or choose another --out"
-        )
+        raise PretrainError(f"{run_dir} already holds checkpoints; pass --resume {run_dir} or choose another --out")
 
 
 def run_pretrain(
@@ -430,7 +459,9 @@ def run_pretrain(
         last_loss, ckpt = trainer.fit(stop_after)
         encoder = None
         if trainer.step >= trainer.total_steps and dd.rank == 0:
-            encoder = export_encoder(trainer.model, run_dir / "encoder", trainer.mean, trainer.std)
+            encoder = export_encoder(
+                trainer.model, run_dir / "encoder", trainer.mean, trainer.std, cfg.normalization, trainer.dataset_stats
+            )
         trainer._emit(
             event="done",
             step=trainer.step,
@@ -438,17 +469,13 @@ def run_pretrain(
             checkpoint=str(ckpt),
             encoder=str(encoder) if encoder else None,
         )
-        return PretrainResult(
-            run_dir, trainer.step, trainer.total_steps, last_loss, ckpt, encoder, trainer.model
-        )
+        return PretrainResult(run_dir, trainer.step, trainer.total_steps, last_loss, ckpt, encoder, trainer.model)
     finally:
         if dd.owns_group:
             dist.destroy_process_group()
 
 
-def resume_config(
-    checkpoint: Path | str, shards: str | None = None, workers: int | None = None
-) -> PretrainConfig:
+def resume_config(checkpoint: Path | str, shards: str | None = None, workers: int | None = None) -> PretrainConfig:
     """The configuration stored in a checkpoint, optionally with the shard folder moved or workers changed.
 
     Neither changes the batches: the loader's position does not depend on the number of workers, and a

@@ -109,6 +109,7 @@ def make_shard_folder(
             total=len(rows),
             mean=mean,
             std=std,
+            dataset_stats={name: [mean, std]},
             shards=infos,
             manifest=str(manifest),
         ),

@@ -85,6 +85,7 @@ def test_contract(ingested, dataset):
     assert all(s["json"]["label"] == by_key.loc[s["__key__"], "label"] for s in samples)
     assert index.total == len(df) == sum(s.count for s in index.shards)
     assert 0 < index.mean < 1 and 0 < index.std < 0.5
+    assert index.dataset_stats == {dataset: [index.mean, index.std]}
     assert read_manifest(base / "manifests" / f"{dataset}.parquet").num_rows == len(df)
 
 

@@ -344,6 +344,13 @@ def test_index_mean_and_std_are_exactly_those_of_the_stored_pixels(ingested_png,
     assert index.std == pytest.approx(pixels.std() / 255, abs=1e-8)
     inputs = [read_manifest(ingested_png.manifests / f"{d}.parquet") for d in ingested_png.samples]
     assert abs(pixel_stats(pa.concat_tables(inputs))[0] - index.mean) > 1e-6  # the set's rows, not all inputs
+    # the same per source dataset (what per-dataset normalisation in pretraining reads)
+    datasets = sorted({row["dataset"] for row in rows})
+    assert sorted(index.dataset_stats) == datasets and len(datasets) >= 2
+    for d in datasets:
+        mine = np.concatenate([decoded(ingested_png.shards, r).ravel() for r in rows if r["dataset"] == d])
+        mean, std = index.dataset_stats[d]
+        assert mean == pytest.approx(mine.mean() / 255, abs=1e-15) and std == pytest.approx(mine.std() / 255, abs=1e-8)
 
 
 def test_index_mean_and_std_match_the_decoded_jpeg_set(roots):

@@ -128,6 +128,13 @@ def pretrain(
         int | None, typer.Option(help="Loader processes per device [default: 8, or the checkpoint's].")
     ] = (None),
     seed: Annotated[int, typer.Option(help="Fixes sample order, augmentation and masks.")] = 0,
+    normalization: Annotated[
+        str,
+        typer.Option(
+            help="Input normalisation: 'set' (the set's mean/std, as the paper) or 'dataset' (each image with"
+            " its source dataset's mean/std; both from index.json)."
+        ),
+    ] = "set",
     log_every: Annotated[int, typer.Option(help="Optimiser steps between metric records.")] = 20,
     ckpt_every: Annotated[
         int, typer.Option(help="Optimiser steps between checkpoints (0: only at the end).")
@@ -173,6 +180,7 @@ def pretrain(
                 warmup_epochs=warmup_epochs,
                 steps=steps,
                 warmup_steps=warmup_steps,
+                normalization=normalization,
                 workers=8 if workers is None else workers,
                 seed=seed,
                 log_every=log_every,

@@ -34,9 +34,7 @@ def resize_short(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (new_w, new_h), interpolation=interp)
 
 
-def _crop_box(
-    h: int, w: int, rng: np.random.Generator, scale: tuple[float, float]
-) -> tuple[int, int, int, int]:
+def _crop_box(h: int, w: int, rng: np.random.Generator, scale: tuple[float, float]) -> tuple[int, int, int, int]:
     """torchvision ``RandomResizedCrop.get_params``: (top, left, height, width) of the crop."""
     area = h * w
     log_ratio = (math.log(RATIO[0]), math.log(RATIO[1]))
@@ -98,9 +96,10 @@ def eval_transform(img: np.ndarray, out_size: int = 224, resize: int = 256) -> n
     return np.ascontiguousarray(img[top : top + out_size, left : left + out_size])
 
 
-def normalize(batch: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+def normalize(batch: torch.Tensor, mean: float | torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
     """uint8 images ``(B, 1, H, W)`` -> float32 ``(x / 255 - mean) / std`` on the batch's device.
 
-    ``mean`` and ``std`` are in [0, 1] units, as ``index.json`` stores them.
+    ``mean`` and ``std`` are in [0, 1] units, as ``index.json`` stores them: floats, or ``(B, 1, 1, 1)``
+    tensors for one value per image.
     """
     return batch.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # two passes over the batch

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,10 +20,16 @@ import timm
 import torch
 from typer.testing import CliRunner
 
+from plankton_data.fixtures import write_fixture
+from plankton_data.ingest import ingest
+from plankton_data.preprocess import PreprocessConfig
+from plankton_data.shard_index import read_index, write_index
+from plankton_data.shardset import build_shard_set
 from plankton_train.checkpoint import load_encoder
 from plankton_train.cli import app
+from plankton_train.data.stream import ShardStream
 from plankton_train.models.mae import MODELS
-from plankton_train.pretrain import PretrainConfig, PretrainError, resume_config, run_pretrain
+from plankton_train.pretrain import PretrainConfig, PretrainError, _sample_stats, resume_config, run_pretrain
 
 TINY = dict(model="mae_test", batch_size=4, eff_batch=8, steps=6, warmup_steps=2, seed=3, log_every=1)
 
@@ -47,9 +54,7 @@ def test_uninterrupted_run_writes_its_outputs(straight):
     ]
     resolved = json.loads((straight.run_dir / "run_config.json").read_text())
     assert resolved["accum_steps"] == 2 and resolved["lr"] == pytest.approx(1.5e-4 * 8 / 256)
-    assert (
-        (straight.run_dir / "metrics.csv").read_text().startswith("step,epoch,loss,lr,images_per_s,data_wait")
-    )
+    assert (straight.run_dir / "metrics.csv").read_text().startswith("step,epoch,loss,lr,images_per_s,data_wait")
     assert list((straight.run_dir / "tb").glob("events.out.tfevents.*"))
     assert len(_losses(straight.run_dir)) == 6
 
@@ -102,6 +107,53 @@ def test_bad_geometry_and_reused_run_folder_are_refused(straight, synthetic_shar
         run_pretrain(replace(cfg, out=str(straight.run_dir.parent / "other"), eff_batch=10))
 
 
+@pytest.fixture(scope="module")
+def mixed_set(tmp_path_factory) -> Path:
+    """A shard set of the Kaggle (bright field: white background) and ZooLake (dark field) fixtures."""
+    base = tmp_path_factory.mktemp("mixed")
+    for dataset in ("kaggle", "zoolake"):
+        raw = write_fixture(dataset, base / "raw").raw
+        ingest(dataset, raw, base / "shards", base / "manifests", PreprocessConfig(size=32), records_per_shard=8)
+    return build_shard_set(
+        "mix", shards_root=base / "shards", manifests_root=base / "manifests", samples_per_shard=4
+    ).shard_dir
+
+
+def test_each_image_is_normalised_with_its_own_datasets_statistics(mixed_set, tmp_path):
+    index = read_index(mixed_set)
+    (kaggle_mean, _), (zoolake_mean, _) = index.dataset_stats["kaggle"], index.dataset_stats["zoolake"]
+    assert kaggle_mean > index.mean + 0.1 and zoolake_mean < index.mean - 0.1  # one mean/std fits neither
+    stream = ShardStream(mixed_set, 4, out_size=32)
+    cfg = PretrainConfig(
+        shards=str(mixed_set), out=str(tmp_path / "run"), workers=0, ckpt_every=0, normalization="dataset", **TINY
+    )
+    stats, mean, std = _sample_stats(stream, cfg)
+    assert stats == index.dataset_stats and mean.shape == std.shape == (index.total,)
+    for key, m, s in zip(stream.table.keys, mean, std, strict=True):
+        assert [m, s] == index.dataset_stats[key.decode().split("_")[0]]
+    _, mean, std = _sample_stats(stream, replace(cfg, normalization="set"))
+    assert set(mean) == {index.mean} and set(std) == {index.std}
+
+    result = run_pretrain(cfg)
+    assert json.loads((result.run_dir / "run_config.json").read_text())["dataset_stats"] == index.dataset_stats
+    exported = json.loads((result.encoder / "config.json").read_text())["plankton_normalization"]
+    assert exported == {"mode": "dataset", "dataset_stats": index.dataset_stats}
+
+
+def test_an_index_without_per_dataset_statistics_needs_set_normalisation(mixed_set, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(mixed_set, old)
+    write_index(replace(read_index(old), dataset_stats={}), old)
+    cfg = PretrainConfig(
+        shards=str(old), out=str(tmp_path / "run"), workers=0, ckpt_every=0, normalization="dataset", **TINY
+    )
+    with pytest.raises(PretrainError, match="no per-dataset statistics.*--normalization set"):
+        run_pretrain(cfg)
+    assert run_pretrain(replace(cfg, normalization="set")).step == TINY["steps"]
+    with pytest.raises(PretrainError, match="normalization must be one of dataset, set"):
+        run_pretrain(replace(cfg, normalization="image"))
+
+
 def _ddp_rank(shards: str, out: str) -> None:
     """One torchrun rank: train 2 epochs, record every micro-batch's sample ids and the final weights."""
     seen: list[list[int]] = []
@@ -136,9 +188,7 @@ def test_two_process_gloo_ddp_gives_equal_disjoint_batches(synthetic_shards, tmp
         str(synthetic_shards.folder),
         str(out),
     ]
-    proc = subprocess.run(
-        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     # 36 samples, 2 ranks: 18 each = batches of 5, 5, 5, 3 per epoch; 2 epochs; accumulation 2 -> 4 steps.

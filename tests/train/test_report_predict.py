@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -256,6 +257,16 @@ def test_experiment_grid_is_resumable_and_reports(tmp_path: Path, synthetic_shar
         "\n".join((tmp_path / "out" / "results.csv").read_text().splitlines()[:-1]) + "\n"
     )  # lose the last row
     assert len(run_experiment(load_experiment(cfg))) == 4  # ... and only that cell reruns
+    # rows of other settings never join the table; another model name may
+    with pytest.raises(ExperimentError, match=r"another recipe \(differs in \['epochs'\]\)"):
+        run_experiment(replace(exp, recipe=replace(exp.recipe, epochs=2)))
+    with pytest.raises(ExperimentError, match="another 'scratch2' encoder spec"):
+        run_experiment(replace(exp, models={"scratch2": replace(exp.models["scratch2"], drop_path=0.1)}))
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 4
+    wider = replace(exp, models={**exp.models, "scratch3": exp.models["scratch2"]}, folds=(0,))
+    assert len(run_experiment(wider)) == 5
+    settings = json.loads((tmp_path / "out" / "experiment.json").read_text())
+    assert sorted(settings["models"]) == ["scratch", "scratch2", "scratch3"] and settings["recipe"]["epochs"] == 1
     r = runner.invoke(app, ["report", str(tmp_path / "out" / "results.csv"), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "confusion" / "synthetic-synthetic__scratch__10pct.png").is_file()
