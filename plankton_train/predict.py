@@ -38,7 +38,8 @@ from plankton_data.errors import PlanktonDataError
 from plankton_data.shard_index import INDEX_NAME, read_index
 from plankton_data.sources import RawTree, is_image
 from plankton_train.data.augment import normalize
-from plankton_train.data.labelled import EvalAugment, decode_gray
+from plankton_train.data.decode import decode_gray
+from plankton_train.data.labelled import EvalAugment
 from plankton_train.finetune import autocast, load_classifier, resolve_device
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def ingest_view(data: bytes, size: int) -> np.ndarray:
 
 def _prepare(item: _Item, view: EvalAugment) -> np.ndarray | None:
     try:
-        img = ingest_view(item.data, view.resize) if item.fmt == "raw" else decode_gray(item.data, item.fmt)
+        img = ingest_view(item.data, view.resize) if item.fmt == "raw" else decode_gray(item.data)
         return view(img)
     except (ValueError, PlanktonDataError, cv2.error) as exc:
         log.warning("skipping %s: %s", item.source, exc)

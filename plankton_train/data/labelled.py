@@ -13,16 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
-import simplejpeg
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from plankton_data.errors import PlanktonDataError
 from plankton_data.manifest import read_manifest
 from plankton_train.data.augment import eval_transform, train_transform
+from plankton_train.data.decode import CorruptSample, decode_gray
 
 #: ``(img HxW uint8, rng) -> img SxS uint8``: the per-sample transform (augmentation or centre crop).
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -73,19 +72,6 @@ def manifest_rows(manifest: Path | str, keys: dict[str, Sequence[str]]) -> dict[
             raise LabelledDataError(f"{len(missing)} keys are not in {manifest} (first: {missing[0]})")
         out[name] = frame.loc[list(wanted)].reset_index(drop=True)
     return out
-
-
-def decode_gray(data: bytes, image_format: str) -> np.ndarray:
-    """Stored image bytes -> ``H x W`` uint8. libjpeg-turbo (simplejpeg) for JPEG, OpenCV otherwise."""
-    if image_format == "jpg":
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="GRAY")[:, :, 0]
-        except ValueError:
-            pass  # not baseline JFIF (e.g. arithmetic coding): let OpenCV try
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise LabelledDataError(f"cannot decode a {image_format} image ({len(data)} bytes)")
-    return img
 
 
 class _TarFiles:
@@ -180,7 +166,10 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         shard, offset, length, fmt = self._loc[i]
-        img = decode_gray(self._files.read(shard, int(offset), int(length)), fmt)
+        try:
+            img = decode_gray(self._files.read(shard, int(offset), int(length)))
+        except CorruptSample as exc:
+            raise LabelledDataError(f"cannot decode the {fmt} image at byte {offset} of {shard}: {exc}") from exc
         img = self.transform(img, np.random.default_rng([self.seed, self.epoch, i]))
         return torch.from_numpy(np.ascontiguousarray(img))[None], int(self.targets[i])
 

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import simplejpeg
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plankton_data.errors import PlanktonDataError
 from plankton_data.shard_index import ShardIndex, read_index
 from plankton_train.data.augment import eval_transform, train_transform
+from plankton_train.data.decode import CorruptSample, decode_gray
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ _AUG_TAG = 0x61756721  # separates the augmentation seed stream from the permuta
 
 class StreamError(PlanktonDataError):
     """A shard folder the loader cannot use, or a loader state that does not fit the stream."""
-
-
-class CorruptSample(Exception):
-    """Bytes that cannot be read or decoded into an image."""
 
 
 @dataclass(frozen=True)
@@ -193,22 +189,6 @@ def rank_batches(
             break
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     return [np.sort(mine[bounds[j] : bounds[j + 1]]) for j in range(count)]
-
-
-def decode_gray(data: bytes) -> np.ndarray:
-    """Image bytes -> ``H x W`` uint8. Strict libjpeg-turbo for JPEG, OpenCV for anything else.
-
-    Raises :class:`CorruptSample` when the bytes do not decode cleanly.
-    """
-    if data[:2] == b"\xff\xd8":
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="GRAY")[:, :, 0]
-        except ValueError as exc:
-            raise CorruptSample(str(exc)) from exc
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise CorruptSample("undecodable image")
-    return img
 
 
 class _Reader:
