@@ -83,7 +83,9 @@ def swap_in(staging: Path, final: Path, tag: str) -> None:
     """Replace the shard folder ``final`` by the finished ``staging`` folder (which holds its index.json).
 
     Two renames: the old folder moves aside as ``.<name>.old-<tag>``, the new one takes its name, the old one
-    is deleted. A crash in between leaves either folder complete under some name, never a mix.
+    is deleted. A crash in between leaves either folder complete under some name, never a mix. Then what
+    earlier runs of ``<name>`` left behind goes too: staging folders of other plans (runs stopped and never
+    rerun with the same arguments) and old folders of crashed swaps.
     """
     if final.exists():
         old = final.with_name(f".{final.name}.old-{tag}")
@@ -93,6 +95,8 @@ def swap_in(staging: Path, final: Path, tag: str) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staging, final)
+    for stale in (*final.parent.glob(f".{final.name}.staging-*"), *final.parent.glob(f".{final.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def read_index(folder: Path | str) -> ShardIndex:

@@ -369,10 +369,16 @@ def test_rerun_is_byte_identical_and_another_seed_reorders(roots):
     build(roots, "det")
     assert snapshot(roots.shards, roots.manifests, "det") == files
     assert not list(roots.shards.glob(".det.*"))  # no staging or old folder left behind
+    # leftovers of earlier runs of "det" (a stopped build of other arguments, a crashed swap) go with the
+    # next successful build; those of another name stay
+    for leftover in (".det.staging-0123456789ab", ".det.old-0123456789ab", ".detail.staging-0123456789ab"):
+        (roots.shards / leftover).mkdir()
+        (roots.shards / leftover / "det-000000.tar.partial").write_bytes(b"x" * 512)
     other = build(roots, "det", seed=1)
     other_keys = read_manifest(other.manifest).column("key").to_pylist()
     assert other_keys != keys and set(other_keys + other.remainder) == set(keys + first.remainder)
     assert read_index(other.shard_dir).args["seed"] == 1
+    assert [p.name for p in roots.shards.glob(".det*")] == [".detail.staging-0123456789ab"]
 
 
 def test_an_interrupted_build_resumes_to_the_same_bytes(roots):
