@@ -52,10 +52,10 @@ ProgressFn = Callable[[int, int], None]
 def prefetch_files(paths: list[Path]) -> None:
     """Ask the kernel to start reading ``paths`` into the page cache in the background.
 
-    The copy reads each source tar in shuffled 512-byte-block runs through a map, which defeats readahead: from
-    a cold cache every run would be a small synchronous read. ``POSIX_FADV_WILLNEED`` queues whole-file reads
-    that proceed while the manifests are parsed. A hint only: a missing file or a system without it is ignored
-    here and reported where the file is opened.
+    The copy reads each source tar through a map, one sample's run of blocks at a time in shuffled order, which
+    defeats readahead: from a cold cache every run would be a small synchronous read. ``POSIX_FADV_WILLNEED``
+    queues whole-file reads that proceed while the rows are selected and laid out. A hint only: a missing file
+    or a system without it is ignored here and reported where the file is opened.
     """
     if not hasattr(os, "posix_fadvise"):
         return

@@ -1,8 +1,8 @@
 """Stored image bytes -> gray pixels: the one decoder of every training-side reader (stream, labelled, predict).
 
 Shards hold baseline JPEG (written by ingest through OpenCV) or PNG. JPEG goes through libjpeg-turbo
-(simplejpeg), about 2x faster than OpenCV's decoder for small gray images and strict: a truncated or damaged
-stream raises instead of returning a partly grey image. Anything else goes through OpenCV.
+(simplejpeg), decoding straight to gray, and strictly: a truncated or damaged stream raises instead of
+returning a partly grey image. Anything else goes through OpenCV.
 """
 
 from __future__ import annotations
