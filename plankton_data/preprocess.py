@@ -73,6 +73,11 @@ def sample_key(dataset: str, source_id: str) -> str:
     return f"{dataset}_{hashlib.sha256(source_id.encode()).hexdigest()[:16]}"
 
 
+def key_dataset(key: str) -> str:
+    """The dataset id a :func:`sample_key` was made for (ids may hold ``_``; the hex part never does)."""
+    return key.rpartition("_")[0]
+
+
 _BITGEN = np.random.PCG64(0)  # re-seeded per sample below; building a fresh Generator costs ~25 us
 
 

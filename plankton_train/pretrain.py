@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from plankton_data.errors import PlanktonDataError
+from plankton_data.preprocess import key_dataset
 from plankton_train import __version__
 from plankton_train.checkpoint import (
     export_encoder,
@@ -142,9 +143,9 @@ def _mask_generator(seed: int, rank: int, position: int, device: torch.device) -
 def _sample_stats(stream: ShardStream, cfg: PretrainConfig) -> tuple[dict, np.ndarray, np.ndarray]:
     """Per-sample pixel mean/std ``(N,)`` for ``cfg.normalization``, and the per-dataset stats used.
 
-    A sample's dataset is the prefix of its key (``<dataset>_<16 hex>``, :func:`plankton_data.preprocess.
-    sample_key`); its statistics come from ``index.json``'s ``dataset_stats``. With ``"set"`` every sample
-    gets the set's own mean/std (the paper's setting).
+    A sample's dataset comes from its key (:func:`plankton_data.preprocess.key_dataset`); its statistics
+    come from ``index.json``'s ``dataset_stats``. With ``"set"`` every sample gets the set's own mean/std
+    (the paper's setting).
     """
     index, n = stream.index, stream.num_samples
     if cfg.normalization == "set":
@@ -156,7 +157,7 @@ def _sample_stats(stream: ShardStream, cfg: PretrainConfig) -> tuple[dict, np.nd
                 f"{cfg.shards}/index.json has no per-dataset statistics (written by an older plankton-data):"
                 " rebuild the shard set, or pass --normalization set"
             )
-        datasets, code = np.unique([k.rpartition(b"_")[0].decode() for k in stream.table.keys], return_inverse=True)
+        datasets, code = np.unique([key_dataset(k.decode()) for k in stream.table.keys], return_inverse=True)
         missing = sorted(set(datasets) - set(index.dataset_stats))
         if missing:
             raise PretrainError(f"{cfg.shards}/index.json has no statistics for dataset(s) {', '.join(missing)}")
