@@ -91,6 +91,7 @@ def main() -> None:
                 shards_root=shards,
                 manifests_root=manifests,
                 samples_per_shard=args.samples_per_shard,
+                all_splits=True,  # measure the copy of every ingested row (the Kaggle shards are train.zip)
             )
         )
 

@@ -112,6 +112,7 @@ def shard_set(work: Path, name: str, datasets: list[str]) -> Path:
             "--name",
             name,
             *[a for d in datasets for a in ("--include", d)],
+            "--all-splits",  # the real data has Kaggle's labelled train.zip in full, only part of test.zip
             "--shards",
             str(work / "shards"),
             "--manifests",

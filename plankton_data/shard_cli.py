@@ -57,6 +57,13 @@ def shard_cmd(
     drop_duplicates: Annotated[
         bool, typer.Option("--drop-duplicates", help="Drop images whose pixels equal an image of another dataset.")
     ] = False,
+    all_splits: Annotated[
+        bool,
+        typer.Option(
+            "--all-splits",
+            help="Also take the rows the paper leaves out of pretraining (Kaggle's labelled train images).",
+        ),
+    ] = False,
     shards: ShardsOpt = Path("shards"),
     manifests: ManifestsOpt = Path("manifests"),
 ) -> None:
@@ -77,6 +84,7 @@ def shard_cmd(
             drop_duplicates=drop_duplicates,
             progress=progress,
             uncertain_taxa=not keep_uncertain_taxon,
+            all_splits=all_splits,
         )
     render_shard_report(report)
 
@@ -100,6 +108,9 @@ def render_shard_report(r: ShardSetReport) -> None:
     for d in r.excluded:
         compared = f"; the leak guard compared {r.excluded_rows[d]:,} of its images" if d in r.excluded_rows else ""
         out.print(f"  excluded dataset: {d}{compared}")
+    for d, why in r.split_rules.items():
+        n = r.removed["split_rule"][d]
+        out.print(f"  split rule: {d} {why}; {n:,} rows left out (--all-splits keeps them)", highlight=False)
     if r.shared_taxa:
         out.print(
             f"  shared taxon: the {len(r.shared_taxa)} taxa DAPlankton shares with SYKE-plankton_IFCB_2022 are"

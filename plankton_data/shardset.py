@@ -3,6 +3,9 @@
 Selection, in this order (every input row gets exactly one fate, so ``inputs = kept + removed``):
 
 1. rows of the included datasets (default: every ingested dataset that is not excluded);
+1b. ``split_rule``: rows whose native ``split`` the dataset registry leaves out of pretraining
+   (:attr:`~plankton_data.adapters.base.AdapterInfo.pretrain_splits`: Kaggle NDSB keeps only its unlabelled
+   test images, as the paper does); ``all_splits`` keeps them;
 2. ``shared_taxon``: when ``daplankton`` is excluded, rows of any dataset whose normalised label is one of the
    taxa DAPlankton shares with SYKE-plankton_IFCB_2022 (``resources/daplankton_shared_taxa.csv``);
 3. ``leak``: rows whose ``pixel_sha256`` equals that of an excluded image (a row of an excluded dataset, or
@@ -66,7 +69,7 @@ from plankton_data.shardcopy import Layout, SourceTars, check_sources, plan_layo
 
 #: ``progress(done_samples, total_samples)``, called from the calling thread.
 ProgressFn = Callable[[int, int], None]
-REASONS = ("shared_taxon", "leak", "duplicate", "remainder")
+REASONS = ("split_rule", "shared_taxon", "leak", "duplicate", "remainder")
 #: One row per input row left out of a shard set: ``manifests/<name>.removed.parquet``.
 REMOVED_SCHEMA = pa.schema(
     [
@@ -116,6 +119,7 @@ class ShardSetReport:
     kept: dict[str, int]  # included dataset -> samples in the set
     removed: dict[str, dict[str, int]]  # reason -> dataset -> rows
     taxa_removed: dict[str, dict[str, int]]  # dataset -> label_raw -> rows removed as shared taxa
+    split_rules: dict[str, str]  # dataset -> why its split rule removed rows (only datasets where it did)
     shared_taxa: list[str]  # DAPlankton classes whose taxa were removed (empty if the rule did not apply)
     leaks: list[tuple[str, str]]  # (removed key, excluded key with the same pixel_sha256)
     duplicates: list[tuple[str, str]]  # (duplicate key, key of the copy kept), found even if not dropped
@@ -188,6 +192,7 @@ def build_shard_set(
     drop_duplicates: bool = False,
     progress: ProgressFn | None = None,
     uncertain_taxa: bool = True,
+    all_splits: bool = False,
 ) -> ShardSetReport:
     """Build ``shards/<name>/`` and ``manifests/<name>.parquet`` from ingested datasets (module docstring).
 
@@ -203,6 +208,7 @@ def build_shard_set(
         drop_duplicates: remove cross-dataset duplicates (they are reported either way).
         progress: ``progress(done, total)`` over samples written.
         uncertain_taxa: treat the probable 33rd shared taxon (Peridiniella catenata) as shared.
+        all_splits: keep the rows the registry's per-dataset split rule leaves out (Kaggle's labelled images).
 
     Raises:
         PlanktonDataError: bad name, unknown id, dataset not ingested, corrupt source shard, empty selection.
@@ -225,11 +231,12 @@ def build_shard_set(
         "drop_class_overlap": drop_class_overlap,
         "uncertain_taxa": uncertain_taxa,
         "drop_duplicates": drop_duplicates,
+        "all_splits": all_splits,
         "shared_taxa": [t.daplankton for t in taxa],
         "sources": {d: s.digest for d, s in sorted({**sources, **refs}.items())},
     }
     plan = hashlib.sha256(json.dumps([name, args, __version__], sort_keys=True).encode()).hexdigest()[:12]
-    sel = _select(sources, refs, taxa, drop_duplicates)
+    sel = _select(sources, refs, taxa, drop_duplicates, all_splits)
     combined, order = _shuffle(sources, sel, seed, samples_per_shard)
     args["plan"] = plan
     args["removed"] = {r: sum(sel.counts(r).values()) for r in REASONS}
@@ -276,6 +283,7 @@ def build_shard_set(
         kept={d: len(sel.rows(d)) for d in sources},
         removed={r: sel.counts(r) for r in REASONS},
         taxa_removed=_taxa_removed(sources, sel),
+        split_rules={d: _split_rule_text(d) for d in sel.counts("split_rule")},
         shared_taxa=[t.daplankton for t in taxa],
         leaks=sel.leaks,
         duplicates=sel.duplicates,
@@ -344,16 +352,23 @@ def _check_encoding(sources: dict[str, _Source]) -> None:
 
 
 def _select(
-    sources: dict[str, _Source], refs: dict[str, _Source], taxa: list[SharedTaxon], drop_duplicates: bool
+    sources: dict[str, _Source],
+    refs: dict[str, _Source],
+    taxa: list[SharedTaxon],
+    drop_duplicates: bool,
+    all_splits: bool,
 ) -> _Selection:
-    """Steps 2-4 of the module docstring, vectorised over ``pixel_sha256``."""
+    """Steps 1b-4 of the module docstring, vectorised over ``pixel_sha256``."""
     sel = _Selection(sources)
+    if not all_splits:
+        _apply_split_rules(sources, sel)
     shared = {normalize_label(n): t for t in taxa for n in (t.daplankton, *t.syke_ifcb)}
     why = {label: f"taxon shared with DAPlankton {t.daplankton} ({t.confidence})" for label, t in shared.items()}
     for d, s in sources.items():
-        labels = s.table.column("label")
+        live = sel.rows(d)
+        labels = s.table.column("label").take(pa.array(live))
         hit = np.flatnonzero(pc.is_in(labels, value_set=pa.array(list(why), pa.string())).to_numpy())
-        sel.remove(d, hit, "shared_taxon", [why[label] for label in labels.take(pa.array(hit)).to_pylist()])
+        sel.remove(d, live[hit], "shared_taxon", [why[label] for label in labels.take(pa.array(hit)).to_pylist()])
     excluded = [  # every excluded image, in registry order then manifest order: the first match is named
         refs[d].table.select(["key", "pixel_sha256"])
         if d in refs
@@ -371,6 +386,31 @@ def _select(
         sel.leaks += zip(_keys(s.table, live[hit]), excluded_keys, strict=True)
     _find_duplicates(sources, sel, drop_duplicates)
     return sel
+
+
+def _apply_split_rules(sources: dict[str, _Source], sel: _Selection) -> None:
+    """Step 1b: remove the rows whose ``split`` is not among their dataset's ``pretrain_splits``."""
+    for d, s in sources.items():
+        info = get_adapter(d).info
+        if info.pretrain_splits is None:
+            continue
+        splits = s.table.column("split")
+        hit = np.flatnonzero(pc.invert(pc.is_in(splits, value_set=pa.array(info.pretrain_splits))).to_numpy())
+        keeps = "/".join(info.pretrain_splits)
+        sel.remove(
+            d,
+            hit,
+            "split_rule",
+            [
+                f"split {x!r}: only {keeps} is pretraining data ({info.pretrain_why})"
+                for x in splits.take(pa.array(hit)).to_pylist()
+            ],
+        )
+
+
+def _split_rule_text(dataset: str) -> str:
+    info = get_adapter(dataset).info
+    return f"keeps only split {'/'.join(info.pretrain_splits or ())}: {info.pretrain_why}"
 
 
 def _find_duplicates(sources: dict[str, _Source], sel: _Selection, drop: bool) -> None:

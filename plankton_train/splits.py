@@ -8,9 +8,11 @@ For each *group* of a labelled dataset (DAPlankton: one group per subset and ins
 * **validation** - in each fold, ``val_share`` (15 %) of each class's train part (rounded half up, but
   never the class's last train sample) is validation;
 * **fractions** - the rest is the fold's training pool; the labelled fraction ``f`` takes
-  ``max(1, round(f * n_train_c))`` samples of each class ``c`` (at least one per class, the paper's rule
-  for 1 % subsets). Fractions are nested (the 1 % set is inside the 5 % set ...), so accuracy-vs-fraction
-  curves compare the same images, and validation/test never change with the fraction.
+  ``min(n_train_c, max(1, floor(f * n_train_c)))`` samples of each class ``c``: rounded down, but at least
+  one per class. This is the paper's rule: on the published DAPlankton class counts it reproduces the
+  per-class ranges of its Table 4 (``tests/train/test_splits.py``). Fractions are nested (the 1 % set is
+  inside the 5 % set ...), so accuracy-vs-fraction curves compare the same images, and validation/test never
+  change with the fraction.
 
 Everything is deterministic from ``seed``, the group name and the sample keys (not the manifest row order).
 The result is a long Parquet table, one row per (sample, fold):
@@ -68,12 +70,17 @@ def fraction_column(fraction: float) -> str:
 
 
 def _round_half_up(x: float) -> int:
+    """Validation share rounding (the fractions round down, see :func:`_fraction_size`)."""
     return int(math.floor(x + 0.5))
 
 
 def _fraction_size(fraction: float, n_train: int) -> int:
-    """Training samples a class contributes at ``fraction``: at least one, at most all."""
-    return min(n_train, max(1, _round_half_up(fraction * n_train))) if n_train else 0
+    """Training samples a class contributes at ``fraction``: ``floor(fraction * n_train)``, at least one.
+
+    The paper's rule (Table 4). The ``1e-9`` only absorbs binary round-off, so a product that is an integer
+    in decimal (``0.29 * 100``) is not floored one below it.
+    """
+    return min(n_train, max(1, math.floor(fraction * n_train + 1e-9))) if n_train else 0
 
 
 def _check(cfg: SplitConfig) -> None:
@@ -85,18 +92,14 @@ def _check(cfg: SplitConfig) -> None:
         raise SplitError(f"fractions must be in (0, 1], got {cfg.fractions}")
 
 
-def _split_group(
-    keys: np.ndarray, labels: np.ndarray, cfg: SplitConfig, rng: np.random.Generator
-) -> pd.DataFrame:
+def _split_group(keys: np.ndarray, labels: np.ndarray, cfg: SplitConfig, rng: np.random.Generator) -> pd.DataFrame:
     """Splits of one group. ``keys``/``labels``: (N,) arrays sorted by key. Returns folds x N rows."""
     n = len(keys)
     test_fold = np.empty(n, dtype=np.int64)
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for idx in by_class:
         perm = rng.permutation(idx)
-        test_fold[perm] = (
-            rng.integers(cfg.folds) + np.arange(len(perm))
-        ) % cfg.folds  # random start balances folds
+        test_fold[perm] = (rng.integers(cfg.folds) + np.arange(len(perm))) % cfg.folds  # random start balances folds
     frames = []
     for fold in range(cfg.folds):
         role = np.where(test_fold == fold, "test", "train").astype(object)
@@ -141,9 +144,7 @@ def make_splits(
     for group, rows in labelled.groupby("group", sort=True):
         rows = rows.sort_values("key")
         rng = np.random.default_rng([cfg.seed, zlib.crc32(str(group).encode())])
-        part = _split_group(
-            rows["key"].to_numpy(dtype=object), rows["label"].to_numpy(dtype=object), cfg, rng
-        )
+        part = _split_group(rows["key"].to_numpy(dtype=object), rows["label"].to_numpy(dtype=object), cfg, rng)
         part.insert(1, "group", group)
         out.append(part)
     return pd.concat(out, ignore_index=True).sort_values(["group", "fold", "key"], ignore_index=True)
@@ -153,9 +154,7 @@ def splits_from_manifest(
     manifest: Path | str, cfg: SplitConfig = SplitConfig(), group_by: Sequence[str] = DEFAULT_GROUP_BY
 ) -> pd.DataFrame:
     """:func:`make_splits` over a validated manifest Parquet file."""
-    table = read_manifest(manifest).select(
-        ["key", "label", *[c for c in group_by if c not in ("key", "label")]]
-    )
+    table = read_manifest(manifest).select(["key", "label", *[c for c in group_by if c not in ("key", "label")]])
     return make_splits(table.to_pandas(), cfg, group_by)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -136,7 +137,7 @@ def test_shared_taxa_names_exist_in_both_datasets():
 
 
 def test_all_seven_datasets_counts_reconcile_and_every_shard_is_full(roots):
-    r = build(roots, "mix")
+    r = build(roots, "mix", all_splits=True)
     assert r.included == list(roots.samples) and r.inputs == roots.samples
     for d in r.included:
         assert r.inputs[d] == r.kept[d] + sum(r.removed[x].get(d, 0) for x in REASONS)
@@ -459,6 +460,25 @@ def test_a_manifest_of_an_older_ingest_asks_for_a_re_ingest(roots):
         build(roots, "x")
 
 
+def test_kaggle_pretrains_on_its_unlabelled_test_images_only_as_the_paper(roots):
+    kaggle = read_manifest(roots.manifests / "kaggle.parquet").to_pandas()
+    labelled = kaggle[kaggle["split"] != "unlabeled"]
+    assert len(labelled) == 22 and (labelled["label_raw"] != "").all()
+    r = build(roots, "paper", samples_per_shard=1)
+    assert r.removed["split_rule"] == {"kaggle": 22} and r.kept["kaggle"] == len(kaggle) - 22
+    assert r.inputs["kaggle"] == r.kept["kaggle"] + sum(r.removed[x].get("kaggle", 0) for x in REASONS)
+    assert list(r.split_rules) == ["kaggle"] and "unlabelled test images only" in r.split_rules["kaggle"]
+    manifest = read_manifest(r.manifest).to_pandas()
+    assert set(manifest.loc[manifest["dataset"] == "kaggle", "split"]) == {"unlabeled"}
+    removed = pq.read_table(r.removed_path).to_pandas()
+    rule = removed[removed["reason"] == "split_rule"]
+    assert sorted(rule["key"]) == sorted(labelled["key"]) and rule["detail"].str.startswith("split 'train'").all()
+    assert read_index(r.shard_dir).args["all_splits"] is False
+    everything = build(roots, "all", samples_per_shard=1, all_splits=True)
+    assert everything.removed["split_rule"] == {} and everything.kept["kaggle"] == len(kaggle)
+    assert everything.plan != r.plan
+
+
 def _damage(roots: Roots, row: dict, where: int) -> None:
     tar = roots.shards / row["shard"]
     data = bytearray(tar.read_bytes())
@@ -481,7 +501,7 @@ def test_a_corrupt_source_shard_is_named_before_anything_is_written(roots, damag
         _damage(roots, row, row["offset"] + -(-row["length"] // 512) * 512 + 131)
     message = "bytes, its index.json says" if damage == "truncate" else f"tar headers of sample {row['key']} do not"
     with pytest.raises(PlanktonDataError, match=f"corrupt source shard kaggle/kaggle-000001.tar: .*{message}"):
-        build(roots, "x")
+        build(roots, "x", all_splits=True)
     assert not (roots.shards / "x").exists() and not list(roots.shards.glob(".x.staging-*"))
     assert not list(roots.manifests.glob("*x.*parquet*"))
 
@@ -492,7 +512,7 @@ def test_damage_inside_a_sample_is_left_to_verify_which_names_it_in_source_and_s
     rows = [r for r in read_manifest(roots.manifests / "kaggle.parquet").to_pylist() if r["shard"].endswith("01.tar")]
     row = sorted(rows, key=lambda r: r["offset"])[3]  # inside the tar: the build checks names at its ends only
     _damage(roots, row, row["offset"] + 300 if damage == "image_byte" else row["offset"] - 512 + 12)
-    r = build(roots, "x", samples_per_shard=1)
+    r = build(roots, "x", samples_per_shard=1, all_splits=True)
     (copied,) = [x for x in read_manifest(r.manifest).to_pylist() if x["key"] == row["key"]]
     source, shard = verify(roots.shards / "kaggle"), verify(r.shard_dir)
     if damage == "image_byte":
@@ -545,7 +565,7 @@ def test_cli_shard_summary_says_what_was_removed_and_why(roots):
             "--exclude",
             "daplankton",
             "--samples-per-shard",
-            "10",
+            "12",
             "--shards",
             str(roots.shards),
             "--manifests",
@@ -554,10 +574,13 @@ def test_cli_shard_summary_says_what_was_removed_and_why(roots):
         terminal_width=200,
     )
     assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps long lines at the console width
+    assert "split rule: kaggle keeps only split unlabeled: the paper pretrains on Kaggle's 130,400" in text
+    assert "unlabelled test images only; 22 rows left out (--all-splits keeps them)" in text
     assert "shared taxon: the 33 taxa DAPlankton shares with SYKE-plankton_IFCB_2022" in res.output
-    assert "syke_ifcb: Aphanizomenon_flosaquae 3" in res.output and "remainder: 2 samples" in res.output
+    assert "syke_ifcb: Aphanizomenon_flosaquae 3" in res.output and "remainder: 4 samples" in res.output
     assert "the leak guard compared 32 of its images" in res.output
-    assert read_index(roots.shards / "nd").total == 60
+    assert read_index(roots.shards / "nd").total == 36  # 106 - 32 daplankton - 12 shared taxa - 22 kaggle train
 
 
 # --- real data ----------------------------------------------------------------------------------------------
@@ -602,7 +625,9 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Roots:
 @pytest.mark.realdata
 @needs_real
 def test_real_kaggle_zoolake_set_is_complete_and_free_of_false_matches(real):
-    r = build_shard_set("real", shards_root=real.shards, manifests_root=real.manifests, samples_per_shard=100)
+    r = build_shard_set(
+        "real", shards_root=real.shards, manifests_root=real.manifests, samples_per_shard=100, all_splits=True
+    )
     assert r.inputs == real.samples and r.duplicates == [] and r.leaks == []
     assert r.total == sum(real.samples.values()) // 100 * 100 and len(r.remainder) == sum(real.samples.values()) % 100
     assert all(s.count == 100 for s in read_index(r.shard_dir).shards)
@@ -614,6 +639,7 @@ def test_real_kaggle_zoolake_set_is_complete_and_free_of_false_matches(real):
         shards_root=real.shards,
         manifests_root=real.manifests,
         samples_per_shard=100,
+        all_splits=True,
     )
     assert guarded.leaks == [] and guarded.excluded_rows == {"zoolake": real.samples["zoolake"]}
 

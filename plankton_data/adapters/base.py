@@ -27,6 +27,11 @@ class AdapterInfo:
     layout: str  # the layout the adapter looks for, in one line
     instrument: str  # default manifest `instrument`
     expected: str = ""  # published sample/class counts
+    #: Native ``split`` values a pretraining shard set takes from this dataset by default (``None``: every
+    #: row), and why. This is where the paper's per-dataset choices live as data, so the builder has no special
+    #: cases; ``plankton-data shard --all-splits`` takes every row.
+    pretrain_splits: tuple[str, ...] | None = None
+    pretrain_why: str = ""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ class Kaggle:
         layout="train/<class>/<id>.jpg, test/<id>.jpg, or FINAL_Plankton_Segments_*/<class>/<id>.jpg",
         instrument="ISIIS",
         expected="30,336 labelled train images in 121 classes; 130,400 unlabelled test images",
+        pretrain_splits=("unlabeled",),
+        pretrain_why="the paper pretrains on Kaggle's 130,400 unlabelled test images only",
     )
 
     def scan(self, tree: RawTree) -> Scan:

@@ -126,7 +126,7 @@ def test_report_writes_table3_layout_plots_and_per_class_metrics(tmp_path: Path)
     res = read_results(results)
     acc = res[(res["model"] == "good") & (res["fraction"] == 0.1)]["accuracy"] * 100
     cell = table.set_index("model").loc["good", "10%"]
-    assert cell == f"{acc.mean():.1f} ± {acc.std():.1f}"  # mean ± sample std over the 3 folds
+    assert cell == f"{acc.mean():.2f} ± {acc.std():.2f}"  # mean ± sample std over the 3 folds, as Table 3
     assert "| syn/A | good |" in (tmp_path / "report" / "accuracy.md").read_text()
     per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")
     assert (
