@@ -30,8 +30,8 @@ DEFAULT_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 def build_shards(raw: Path, work: Path, workers: int) -> Path:
     """``plankton-data ingest kaggle`` into ``work`` (reused when already there)."""
+    from plankton_data.format.index import INDEX_NAME
     from plankton_data.ingest import ingest
-    from plankton_data.shard_index import INDEX_NAME
 
     folder = work / "shards" / "kaggle"
     if not (folder / INDEX_NAME).is_file():
@@ -46,7 +46,7 @@ def unpack(folder: Path, dest: Path) -> int:
 
     import torch
 
-    from plankton_data.shard_index import read_index
+    from plankton_data.format.index import read_index
 
     # The consumer only normalises (a GPU's job in training); one thread avoids OpenMP thrashing against
     # the loader workers on a small machine. Workers of both loaders run one torch thread each anyway.
@@ -154,7 +154,7 @@ def main() -> int:
 
     import torch
 
-    from plankton_data.shard_index import read_index
+    from plankton_data.format.index import read_index
 
     # The consumer only normalises (a GPU's job in training); one thread avoids OpenMP thrashing against
     # the loader workers on a small machine. Workers of both loaders run one torch thread each anyway.

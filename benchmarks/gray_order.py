@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from plankton_data.ops import edge_background, pad_to_square, to_gray
+from plankton_data.ingest.ops import edge_background, pad_to_square, to_gray
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 ZOOLAKE = REALDATA / "lake_zooplankton" / "data.zip"

@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.manifest import read_manifest
-from plankton_data.shard_index import read_index
+from plankton_data.format.index import read_index
+from plankton_data.format.manifest import read_manifest
 from plankton_train.experiment import Experiment, run_experiment
 from plankton_train.finetune import Recipe
 from plankton_train.models.classifier import EncoderSpec

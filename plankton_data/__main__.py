@@ -1,5 +1,5 @@
 """``python -m plankton_data`` runs the CLI."""
 
-from plankton_data.cli import main
+from plankton_data.cli.main import main
 
 main()

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.shard_index import read_index
+from plankton_data.format.index import read_index
 from plankton_train.data.augment import normalize
 from plankton_train.data.labelled import (
     ClassMap,

@@ -2,7 +2,7 @@
 
 Raw images (folder or archive, any format OpenCV reads, zips nested in zips included) get the same
 preprocessing as ``plankton-data ingest`` (grayscale -> pad to square on background-matched noise -> resize,
-from :mod:`plankton_data.ops`), then the model's evaluation view (resize + centre crop). Dataset-specific
+from :mod:`plankton_data.ingest.ops`), then the model's evaluation view (resize + centre crop). Dataset-specific
 ingest steps (ZooProcess legend removal, box crops) are not applied: pass already-cropped vignettes.
 Shard sets (a folder with ``index.json``) are already preprocessed and only get the evaluation view.
 
@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plankton_data import ops
 from plankton_data.errors import PlanktonDataError
-from plankton_data.shard_index import INDEX_NAME, read_index
-from plankton_data.sources import RawTree, is_image
+from plankton_data.format.index import INDEX_NAME, read_index
+from plankton_data.ingest import ops
+from plankton_data.ingest.sources import RawTree, is_image
 from plankton_train.data.augment import normalize
 from plankton_train.data.decode import decode_gray
 from plankton_train.data.labelled import EvalAugment

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.manifest import read_manifest
+from plankton_data.format.manifest import read_manifest
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.10, 1.0)
 ROLES: tuple[str, ...] = ("train", "val", "test")

@@ -20,7 +20,7 @@ def _table(cols) -> str:
 
 
 def manifest_md() -> str:
-    from plankton_data.manifest import COLUMNS, REJECT_COLUMNS, SHARDSET_COLUMNS
+    from plankton_data.format.manifest import COLUMNS, REJECT_COLUMNS, SHARDSET_COLUMNS
 
     template = (DOCS / "manifest.template.md").read_text()
     return (
@@ -32,7 +32,7 @@ def manifest_md() -> str:
 
 def cli_md() -> str:
     parts = []
-    for module, name in (("plankton_data.cli", "plankton-data"), ("plankton_train.cli", "plankton-train")):
+    for module, name in (("plankton_data.cli.main", "plankton-data"), ("plankton_train.cli", "plankton-train")):
         res = subprocess.run(
             [sys.executable, "-m", "typer", module, "utils", "docs", "--name", name],
             check=True, capture_output=True, text=True,

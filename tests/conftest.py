@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from plankton_data.manifest import pixel_stats, read_manifest, to_table, write_table
-from plankton_data.shard_index import ShardIndex, write_index
-from plankton_data.tarwriter import TarShardWriter
+from plankton_data.format.index import ShardIndex, write_index
+from plankton_data.format.manifest import pixel_stats, read_manifest, to_table, write_table
+from plankton_data.format.tar import TarShardWriter
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CLASSES = ("disc", "bar", "ring")

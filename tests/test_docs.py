@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from plankton_data.adapters import DATASET_IDS
-from plankton_data.manifest import COLUMNS, REJECT_COLUMNS, SHARDSET_COLUMNS
+from plankton_data.format.manifest import COLUMNS, REJECT_COLUMNS, SHARDSET_COLUMNS
+from plankton_data.ingest.adapters import DATASET_IDS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -21,7 +21,7 @@ def test_dataset_is_documented(dataset):
 
 
 def test_every_cli_command_is_in_the_cli_reference():
-    from plankton_data.cli import app
+    from plankton_data.cli.main import app
 
     text = (DOCS / "cli.md").read_text()
     for command in app.registered_commands:

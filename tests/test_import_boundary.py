@@ -6,7 +6,7 @@ import sys
 
 def test_plankton_data_does_not_import_torch():
     code = (
-        "import sys, plankton_data, plankton_data.cli, plankton_data.ingest, plankton_data.fixtures; "
+        "import sys, plankton_data, plankton_data.cli.main, plankton_data.ingest, plankton_data.fixtures; "
         "bad = [m for m in ('torch', 'torchvision', 'timm', 'lightly') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

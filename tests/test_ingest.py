@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 import webdataset as wds
 
-from plankton_data.adapters import DATASET_IDS, get_adapter
 from plankton_data.errors import CorruptArchive, MissingRawData, UnknownDataset
 from plankton_data.fixtures import FIXTURES, write_fixture, write_kaggle_ncei
+from plankton_data.format.index import read_index
+from plankton_data.format.manifest import read_manifest
 from plankton_data.ingest import ingest
-from plankton_data.manifest import read_manifest
-from plankton_data.shard_index import read_index
+from plankton_data.ingest.adapters import DATASET_IDS, get_adapter
 
 CLI = [sys.executable, "-m", "plankton_data"]
 
@@ -44,7 +44,7 @@ def ingested(tmp_path_factory):
 
 
 def _cfg(size: int):
-    from plankton_data.preprocess import PreprocessConfig
+    from plankton_data.ingest.preprocess import PreprocessConfig
 
     return PreprocessConfig(size=size)
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from plankton_data import ops
+from plankton_data.ingest import ops
 from tests.conftest import REALDATA
 
 

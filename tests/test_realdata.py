@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from plankton_data.ingest import ingest
-from plankton_data.preprocess import PreprocessConfig
+from plankton_data.ingest.preprocess import PreprocessConfig
 from tests.conftest import REALDATA
 
 KAGGLE = REALDATA / "kaggle"

@@ -26,19 +26,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from plankton_data.adapters import normalize_label
+from plankton_data.audit.verify import read_members, verify
+from plankton_data.cli.shards import register
 from plankton_data.errors import PlanktonDataError, UnknownDataset
 from plankton_data.fixtures import syke_ifcb as syke_fixture
 from plankton_data.fixtures import write_all, write_fixture
+from plankton_data.format.index import read_index
+from plankton_data.format.manifest import SHARDSET_SCHEMA, pixel_stats, read_manifest, write_table
+from plankton_data.format.tar import TarShardWriter
 from plankton_data.ingest import ingest
-from plankton_data.manifest import SHARDSET_SCHEMA, pixel_stats, read_manifest, write_table
-from plankton_data.preprocess import PreprocessConfig
-from plankton_data.shard_cli import register
-from plankton_data.shard_index import read_index
-from plankton_data.shardcopy import write_all as writev_all
+from plankton_data.ingest.adapters import normalize_label
+from plankton_data.ingest.preprocess import PreprocessConfig
 from plankton_data.shardset import REASONS, build_shard_set, load_shared_taxa
-from plankton_data.tarwriter import TarShardWriter
-from plankton_data.verify import read_members, verify
+from plankton_data.shardset.copy import write_all as writev_all
 from tests.conftest import REALDATA
 
 REFERENCE = REALDATA.parent / "reference"
@@ -417,7 +417,7 @@ def test_writev_helper_resumes_after_short_writes(tmp_path, monkeypatch):
         calls.append(len(batch))
         return os.write(fd, b"".join(batch)[:1000])
 
-    monkeypatch.setattr("plankton_data.shardcopy.os.writev", short)
+    monkeypatch.setattr("plankton_data.shardset.copy.os.writev", short)
     path = tmp_path / "out"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
@@ -526,9 +526,7 @@ def test_damage_inside_a_sample_is_left_to_verify_which_names_it_in_source_and_s
 
 
 def test_cli_errors_are_one_line_and_exit_1(roots):
-    script = (
-        "from plankton_data.cli import app, main; from plankton_data.shard_cli import register; register(app); main()"
-    )
+    script = "from plankton_data.cli.main import main; main()"
     res = subprocess.run(
         [
             sys.executable,
@@ -684,7 +682,7 @@ def test_real_kill_mid_build_then_rerun_gives_the_uninterrupted_result(real, tmp
     # the child writes each tar slowly (a sleep before each), so that the kill lands mid-build
     child = (
         "import sys, time\n"
-        "import plankton_data.shardcopy as c\n"
+        "import plankton_data.shardset.copy as c\n"
         "write = c._write_tar\n"
         "c._write_tar = lambda *a: (time.sleep(0.05), write(*a))[1]\n"
         "from plankton_data.shardset import build_shard_set\n"

@@ -15,16 +15,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from plankton_data.audit.preview import contact_sheet
+from plankton_data.audit.stats import SIZE_BINS, resolve_target, summarize
+from plankton_data.audit.verify import Problem, verify
+from plankton_data.cli.shards import register
 from plankton_data.errors import PlanktonDataError
 from plankton_data.fixtures import write_fixture
+from plankton_data.format.manifest import read_manifest
 from plankton_data.ingest import ingest
-from plankton_data.manifest import read_manifest
-from plankton_data.preprocess import PreprocessConfig
-from plankton_data.preview import contact_sheet
-from plankton_data.shard_cli import register
+from plankton_data.ingest.preprocess import PreprocessConfig
 from plankton_data.shardset import build_shard_set
-from plankton_data.stats import SIZE_BINS, resolve_target, summarize
-from plankton_data.verify import Problem, verify
 from tests.conftest import REALDATA
 
 DATASETS = ("kaggle", "zoolake", "syke_ifcb", "daplankton")

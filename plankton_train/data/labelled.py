@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.manifest import read_manifest
+from plankton_data.format.manifest import read_manifest
 from plankton_train.data.augment import eval_transform, train_transform
 from plankton_train.data.decode import CorruptSample, decode_gray
 

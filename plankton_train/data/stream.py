@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.shard_index import ShardIndex, read_index
+from plankton_data.format.index import ShardIndex, read_index
 from plankton_train.data.augment import eval_transform, train_transform
 from plankton_train.data.decode import CorruptSample, decode_gray
 

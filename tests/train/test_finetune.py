@@ -15,7 +15,7 @@ import timm
 import torch
 from timm.models import save_for_hf
 
-from plankton_data.shard_index import read_index
+from plankton_data.format.index import read_index
 from plankton_train.data.labelled import ClassMap
 from plankton_train.finetune import (
     Cell,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from plankton_data.manifest import read_manifest
-from plankton_data.shard_index import read_index
+from plankton_data.format.index import read_index
+from plankton_data.format.manifest import read_manifest
 from plankton_train.data.augment import eval_transform, normalize, train_transform
 from plankton_train.data.stream import (
     ShardStream,

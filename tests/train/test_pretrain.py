@@ -21,9 +21,9 @@ import torch
 from typer.testing import CliRunner
 
 from plankton_data.fixtures import write_fixture
+from plankton_data.format.index import read_index, write_index
 from plankton_data.ingest import ingest
-from plankton_data.preprocess import PreprocessConfig
-from plankton_data.shard_index import read_index, write_index
+from plankton_data.ingest.preprocess import PreprocessConfig
 from plankton_data.shardset import build_shard_set
 from plankton_train.checkpoint import load_encoder
 from plankton_train.cli import app

@@ -16,7 +16,7 @@ import torch
 from timm.models import save_for_hf
 from typer.testing import CliRunner
 
-from plankton_data.shard_index import read_index
+from plankton_data.format.index import read_index
 from plankton_train.cli import app
 from plankton_train.data.labelled import ClassMap
 from plankton_train.experiment import ExperimentError, load_experiment, run_experiment

@@ -32,7 +32,7 @@ def test_the_paper_config_parses_into_the_three_initialisations(tmp_path):
 
 
 def test_every_command_in_the_doc_is_a_real_subcommand():
-    from plankton_data.cli import app as data_app
+    from plankton_data.cli.main import app as data_app
     from plankton_train.cli import app as train_app
 
     known = {

@@ -1,6 +1,6 @@
 """What an adapter is: it reads a published layout and describes samples; it never decodes or writes.
 
-An adapter turns a :class:`~plankton_data.sources.RawTree` into a :class:`Scan`: one :class:`RawRecord` per
+An adapter turns a :class:`~plankton_data.ingest.sources.RawTree` into a :class:`Scan`: one :class:`RawRecord` per
 image to process (with its label, native split and metadata), plus the inputs it had to reject and the
 files it skipped, each with a reason. Decoding, cropping, padding and writing are shared stages.
 """
@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from plankton_data.sources import Member, RawTree, is_image
+from plankton_data.ingest.sources import Member, RawTree, is_image
 
 
 @dataclass(frozen=True)

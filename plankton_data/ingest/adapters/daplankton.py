@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from plankton_data.adapters.base import AdapterInfo, RawRecord, Scan, match_images
-from plankton_data.sources import RawTree
+from plankton_data.ingest.adapters.base import AdapterInfo, RawRecord, Scan, match_images
+from plankton_data.ingest.sources import RawTree
 
 # Identical basenames occur in up to five folders: subset and instrument are part of the source path.
 _IMAGE = re.compile(r"(?:^|/)DAPlankton_(lab|sea)/(CS|FC|IFCB)/([^/]+)/[^/]+$", re.IGNORECASE)

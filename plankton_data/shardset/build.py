@@ -4,7 +4,7 @@ Selection, in this order (every input row gets exactly one fate, so ``inputs = k
 
 1. rows of the included datasets (default: every ingested dataset that is not excluded);
 1b. ``split_rule``: rows whose native ``split`` the dataset registry leaves out of pretraining
-   (:attr:`~plankton_data.adapters.base.AdapterInfo.pretrain_splits`: Kaggle NDSB keeps only its unlabelled
+   (:attr:`~plankton_data.ingest.adapters.base.AdapterInfo.pretrain_splits`: Kaggle NDSB keeps only its unlabelled
    test images, as the paper does); ``all_splits`` keeps them;
 2. ``shared_taxon``: when ``daplankton`` is excluded, rows of any dataset whose normalised label is one of the
    taxa DAPlankton shares with SYKE-plankton_IFCB_2022 (``resources/daplankton_shared_taxa.csv``);
@@ -19,10 +19,10 @@ Selection, in this order (every input row gets exactly one fate, so ``inputs = k
 ``pixel_sha256`` is taken by ingest on the gray pixels (and shape) before padding and resizing, so one
 published image has the same value in every dataset that publishes it, although the seeded padding noise makes
 the stored bytes differ. Nothing is decoded here: the set's pixel mean/std come from the manifest's exact
-per-image sums (:func:`plankton_data.manifest.pixel_stats`). Every removed row is listed with its reason in
+per-image sums (:func:`plankton_data.format.manifest.pixel_stats`). Every removed row is listed with its reason in
 ``manifests/<name>.removed.parquet``.
 
-Copying: :mod:`plankton_data.shardcopy` (byte-for-byte runs of tar blocks, several tars at once), while a
+Copying: :mod:`plankton_data.shardset.copy` (byte-for-byte runs of tar blocks, several tars at once), while a
 side thread builds and writes the manifest and removed list under temporary names.
 
 Atomic and resumable, as ingest: tars are written as ``*.partial`` in ``shards/.<name>.staging-<plan>/`` and
@@ -54,9 +54,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_data import __version__
-from plankton_data.adapters import DATASET_IDS, get_adapter, normalize_label
 from plankton_data.errors import PlanktonDataError, SchemaError
-from plankton_data.manifest import (
+from plankton_data.format.index import INDEX_NAME, ShardIndex, read_index, swap_in, write_index
+from plankton_data.format.manifest import (
     MANIFEST_SCHEMA,
     SHARDSET_SCHEMA,
     dataset_pixel_stats,
@@ -64,8 +64,8 @@ from plankton_data.manifest import (
     read_manifest,
     validate,
 )
-from plankton_data.shard_index import INDEX_NAME, ShardIndex, read_index, swap_in, write_index
-from plankton_data.shardcopy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
+from plankton_data.ingest.adapters import DATASET_IDS, get_adapter, normalize_label
+from plankton_data.shardset.copy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
 
 #: ``progress(done_samples, total_samples)``, called from the calling thread.
 ProgressFn = Callable[[int, int], None]
@@ -172,7 +172,7 @@ class _Selection:
 
 def load_shared_taxa(uncertain: bool = True) -> list[SharedTaxon]:
     """The DAPlankton / SYKE-plankton_IFCB_2022 shared taxa; ``uncertain=False`` drops the probable one."""
-    text = (resources.files("plankton_data") / "resources" / TAXA_RESOURCE).read_text()
+    text = (resources.files("plankton_data.shardset") / "resources" / TAXA_RESOURCE).read_text()
     taxa = [
         SharedTaxon(r["daplankton_name"], tuple(r["syke_ifcb_names"].split(";")), r["confidence"])
         for r in csv.DictReader(io.StringIO(text))

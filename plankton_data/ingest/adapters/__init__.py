@@ -6,15 +6,15 @@ builder in ``plankton_data/fixtures/``; the contract test then covers it.
 
 from __future__ import annotations
 
-from plankton_data.adapters.base import AdapterInfo, DatasetAdapter, normalize_label
-from plankton_data.adapters.daplankton import DAPlankton
-from plankton_data.adapters.kaggle import Kaggle
-from plankton_data.adapters.pmid2019 import Pmid2019
-from plankton_data.adapters.syke_ifcb import SykeIfcb
-from plankton_data.adapters.syke_zooscan import SykeZooScan
-from plankton_data.adapters.ude_diatoms import UdeDiatoms
-from plankton_data.adapters.zoolake import ZooLake
 from plankton_data.errors import UnknownDataset
+from plankton_data.ingest.adapters.base import AdapterInfo, DatasetAdapter, normalize_label
+from plankton_data.ingest.adapters.daplankton import DAPlankton
+from plankton_data.ingest.adapters.kaggle import Kaggle
+from plankton_data.ingest.adapters.pmid2019 import Pmid2019
+from plankton_data.ingest.adapters.syke_ifcb import SykeIfcb
+from plankton_data.ingest.adapters.syke_zooscan import SykeZooScan
+from plankton_data.ingest.adapters.ude_diatoms import UdeDiatoms
+from plankton_data.ingest.adapters.zoolake import ZooLake
 
 _ADAPTERS: tuple[type, ...] = (Kaggle, ZooLake, SykeZooScan, Pmid2019, SykeIfcb, UdeDiatoms, DAPlankton)
 ADAPTERS: dict[str, type] = {}

@@ -7,8 +7,8 @@ import io
 import re
 from pathlib import PurePosixPath
 
-from plankton_data.adapters.base import AdapterInfo, RawRecord, Scan, match_images
-from plankton_data.sources import RawTree
+from plankton_data.ingest.adapters.base import AdapterInfo, RawRecord, Scan, match_images
+from plankton_data.ingest.sources import RawTree
 
 _IMAGE = re.compile(r"(?:^|/)images/[^/]+$")
 _CSV = re.compile(r"\.csv$", re.IGNORECASE)

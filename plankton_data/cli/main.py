@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from plankton_data import __version__, shard_cli
-from plankton_data.adapters import DATASET_IDS, get_adapter, list_adapters
+from plankton_data import __version__
+from plankton_data.cli import shards as shard_cli
 from plankton_data.errors import PlanktonDataError
 from plankton_data.ingest import IngestReport, ingest
-from plankton_data.preprocess import PreprocessConfig
+from plankton_data.ingest.adapters import DATASET_IDS, get_adapter, list_adapters
+from plankton_data.ingest.preprocess import PreprocessConfig
 
 app = typer.Typer(
     name="plankton-data",

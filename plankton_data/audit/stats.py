@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from plankton_data.adapters import DATASET_IDS
+from plankton_data.audit.verify import locate_manifest
 from plankton_data.errors import PlanktonDataError
-from plankton_data.manifest import read_manifest
-from plankton_data.shard_index import INDEX_NAME, read_index
-from plankton_data.verify import locate_manifest
+from plankton_data.format.index import INDEX_NAME, read_index
+from plankton_data.format.manifest import read_manifest
+from plankton_data.ingest.adapters import DATASET_IDS
 
 #: Upper edges (exclusive) of the bins of the longer published side, in pixels; the last bin is open.
 SIZE_BINS = (64, 128, 256, 512, 1024)

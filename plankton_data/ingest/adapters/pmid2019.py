@@ -6,8 +6,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import PurePosixPath
 
-from plankton_data.adapters.base import AdapterInfo, Box, RawRecord, Scan, match_images
-from plankton_data.sources import RawTree
+from plankton_data.ingest.adapters.base import AdapterInfo, Box, RawRecord, Scan, match_images
+from plankton_data.ingest.sources import RawTree
 
 _IMAGE = re.compile(r"(?:^|/)JPEGImages/[^/]+$")
 _XML = re.compile(r"(?:^|/)Annotations/([^/]+)\.xml$", re.IGNORECASE)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from plankton_data.shard_index import ShardInfo
+from plankton_data.format.index import ShardInfo
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar pads the archive to whole 10 KiB records, as GNU tar and tarfile do

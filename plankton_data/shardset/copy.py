@@ -1,6 +1,6 @@
 """Copy samples from ingested tars into new tars, byte for byte, resumably.
 
-**Runs.** In a tar written by :class:`~plankton_data.tarwriter.TarShardWriter` every sample is one contiguous
+**Runs.** In a tar written by :class:`~plankton_data.format.tar.TarShardWriter` every sample is one contiguous
 run of 512-byte blocks: its two members (the image and ``<key>.json``, in sorted extension order), headers
 included, and the runs tile the tar up to its end-of-archive marker. So every run follows from the manifest's
 ``offset``/``length`` columns (numpy over all rows at once), plus, when the image comes first, the json size
@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.shard_index import ShardInfo
+from plankton_data.format.index import ShardInfo
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile pads an archive to a multiple of its 10 KiB record

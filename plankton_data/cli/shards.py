@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from plankton_data.preview import contact_sheet
-from plankton_data.shard_index import read_index
+from plankton_data.audit.preview import contact_sheet
+from plankton_data.audit.stats import summarize
+from plankton_data.audit.verify import verify
+from plankton_data.format.index import read_index
 from plankton_data.shardset import REASONS, ShardSetReport, build_shard_set
-from plankton_data.stats import summarize
-from plankton_data.verify import verify
 
 console = Console(stderr=True)
 out = Console()

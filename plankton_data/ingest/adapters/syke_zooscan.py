@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import PurePosixPath
 
-from plankton_data.adapters.base import AdapterInfo, RawRecord, Scan, match_images
-from plankton_data.sources import RawTree
+from plankton_data.ingest.adapters.base import AdapterInfo, RawRecord, Scan, match_images
+from plankton_data.ingest.sources import RawTree
 
 _IMAGE = re.compile(r"(?:^|/)images/SYKE-plankton_ZooScan_2024/([^/]+)/[^/]+$")
 _SPLITS = re.compile(r"(?:^|/)class_splits/SYKE-plankton_ZooScan_2024/splits\.json$")

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from plankton_data.audit.stats import dataset_order, resolve_target
 from plankton_data.errors import PlanktonDataError
-from plankton_data.manifest import read_manifest
-from plankton_data.stats import dataset_order, resolve_target
+from plankton_data.format.manifest import read_manifest
 
 _LABEL_W = 220  # px of the name column
 _GAP = 4  # px between tiles

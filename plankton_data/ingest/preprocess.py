@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from plankton_data import ops
-from plankton_data.adapters.base import Box, RawRecord, normalize_label
+from plankton_data.ingest import ops
+from plankton_data.ingest.adapters.base import Box, RawRecord, normalize_label
 
 #: Bump when any step changes the output pixels; stored in every manifest row.
 PREPROCESS_VERSION = "1"

@@ -1,7 +1,7 @@
 """``ingest``: one published dataset -> ``shards/<dataset>/*.tar`` + ``manifests/<dataset>.parquet``.
 
 The parent process scans the layout, reads member bytes straight from the archives, and writes the tars;
-worker processes do the CPU work (:func:`plankton_data.preprocess.process_task`). Records are processed in
+worker processes do the CPU work (:func:`plankton_data.ingest.preprocess.process_task`). Records are processed in
 sorted source order and results are consumed in that order, so the output is byte-identical for any
 number of workers.
 
@@ -31,10 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_data import __version__
-from plankton_data.adapters import get_adapter
-from plankton_data.adapters.base import Reject, Scan
 from plankton_data.errors import MissingRawData
-from plankton_data.manifest import (
+from plankton_data.format.index import ShardIndex, ShardInfo, swap_in, write_index
+from plankton_data.format.manifest import (
     MANIFEST_SCHEMA,
     REJECTS_SCHEMA,
     dataset_pixel_stats,
@@ -42,7 +41,10 @@ from plankton_data.manifest import (
     to_table,
     write_table,
 )
-from plankton_data.preprocess import (
+from plankton_data.format.tar import TarShardWriter
+from plankton_data.ingest.adapters import get_adapter
+from plankton_data.ingest.adapters.base import Reject, Scan
+from plankton_data.ingest.preprocess import (
     PREPROCESS_VERSION,
     Failure,
     PreprocessConfig,
@@ -52,9 +54,7 @@ from plankton_data.preprocess import (
     process_task,
     worker_init,
 )
-from plankton_data.shard_index import ShardIndex, ShardInfo, swap_in, write_index
-from plankton_data.sources import RawTree
-from plankton_data.tarwriter import TarShardWriter
+from plankton_data.ingest.sources import RawTree
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from plankton_data.adapters.base import AdapterInfo, RawRecord, Scan, match_images
-from plankton_data.sources import RawTree
+from plankton_data.ingest.adapters.base import AdapterInfo, RawRecord, Scan, match_images
+from plankton_data.ingest.sources import RawTree
 
 # The label is the class folder, never the file name (names carry legacy class names).
 _IMAGE = re.compile(r"(?:^|/)labeled_[^/]*/([^/]+)/[^/]+$")

@@ -26,8 +26,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.manifest import read_manifest
-from plankton_data.shard_index import ShardIndex, ShardInfo, read_index
+from plankton_data.format.index import ShardIndex, ShardInfo, read_index
+from plankton_data.format.manifest import read_manifest
 
 _BLOCK = 512
 _ZERO = bytes(_BLOCK)
