@@ -32,8 +32,8 @@ def floor(raw: Path) -> float:
     import cv2
     import numpy as np
 
+    from plankton_data.format.keys import sample_key
     from plankton_data.ingest import ops
-    from plankton_data.ingest.preprocess import sample_key
 
     cv2.setNumThreads(1)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

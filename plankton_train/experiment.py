@@ -24,7 +24,7 @@ import yaml
 
 from plankton_data.errors import PlanktonDataError
 from plankton_train.finetune import Cell, Recipe, finetune
-from plankton_train.models.classifier import EncoderSpec
+from plankton_train.models.classifier import NAMED_INITS, EncoderSpec
 from plankton_train.splits import read_splits
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,7 @@ def load_experiment(path: Path | str) -> Experiment:
         spec = {"init": spec} if isinstance(spec, str) else dict(spec)
         merged = {**shared, **spec}
         init = merged.get("init", "")
-        if (
-            init
-            and init not in ("random", "imagenet")
-            and not init.startswith(("timm:", "hf-hub:", "local-dir:"))
-        ):
+        if init and init not in NAMED_INITS and not init.startswith(("timm:", "hf-hub:", "local-dir:")):
             merged["init"] = str(resolve(init))  # a local folder or weights file
         if merged.get("weights_file"):
             merged["weights_file"] = str(resolve(merged["weights_file"]))

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.ingest.preprocess import key_dataset
+from plankton_data.format.keys import key_dataset
 from plankton_train import __version__
 from plankton_train.checkpoint import (
     export_encoder,
@@ -143,7 +143,7 @@ def _mask_generator(seed: int, rank: int, position: int, device: torch.device) -
 def _sample_stats(stream: ShardStream, cfg: PretrainConfig) -> tuple[dict, np.ndarray, np.ndarray]:
     """Per-sample pixel mean/std ``(N,)`` for ``cfg.normalization``, and the per-dataset stats used.
 
-    A sample's dataset comes from its key (:func:`plankton_data.ingest.preprocess.key_dataset`); its statistics
+    A sample's dataset comes from its key (:func:`plankton_data.format.keys.key_dataset`); its statistics
     come from ``index.json``'s ``dataset_stats``. With ``"set"`` every sample gets the set's own mean/std
     (the paper's setting).
     """

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from plankton_data.format.index import ShardIndex, write_index
+from plankton_data.format.index import ShardIndex, manifest_ref, write_index
+from plankton_data.format.keys import pixel_sha256, sample_key
 from plankton_data.format.manifest import pixel_stats, read_manifest, to_table, write_table
 from plankton_data.format.tar import TarShardWriter
 
@@ -65,7 +66,7 @@ def make_shard_folder(
             writer = TarShardWriter(folder / f"{name}-{len(infos):06d}.tar")
         img = draw_sample(cls, rng, size)
         jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-        key = f"{name}_{hashlib.sha256(f'{cls}/{i}'.encode()).hexdigest()[:16]}"
+        key = sample_key(name, f"{cls}/{i}")
         meta = {
             "key": key,
             "dataset": name,
@@ -86,7 +87,7 @@ def make_shard_folder(
                 height=size,
                 image_format="jpg",
                 image_sha256=hashlib.sha256(jpg).hexdigest(),
-                pixel_sha256=hashlib.sha256(img.tobytes()).hexdigest(),
+                pixel_sha256=pixel_sha256(img),
                 pixel_sum=int(img.sum()),
                 pixel_sq_sum=int((img.astype(np.int64) ** 2).sum()),
                 shard=f"{name}/{writer.path.name}",
@@ -111,7 +112,7 @@ def make_shard_folder(
             std=std,
             dataset_stats={name: [mean, std]},
             shards=infos,
-            manifest=str(manifest),
+            manifest=manifest_ref(folder, manifest),
         ),
         folder,
     )

@@ -26,14 +26,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from plankton_data.audit.verify import read_members, verify
+from plankton_data.audit.verify import verify
 from plankton_data.cli.shards import register
 from plankton_data.errors import PlanktonDataError, UnknownDataset
 from plankton_data.fixtures import syke_ifcb as syke_fixture
 from plankton_data.fixtures import write_all, write_fixture
 from plankton_data.format.index import read_index
 from plankton_data.format.manifest import SHARDSET_SCHEMA, pixel_stats, read_manifest, write_table
-from plankton_data.format.tar import TarShardWriter
+from plankton_data.format.tar import TarShardWriter, read_members
 from plankton_data.ingest import ingest
 from plankton_data.ingest.adapters import normalize_label
 from plankton_data.ingest.preprocess import PreprocessConfig

@@ -244,3 +244,25 @@ def test_real_kaggle_classes_verify_stats_and_preview(tmp_path):
     assert {p.shard for p in problems} == {"kaggle-000000.tar"} and any(p.key for p in problems)
     with pytest.raises(PlanktonDataError, match="fails its sha256"):
         contact_sheet(report.shard_dir, tmp_path / "k2.png", per_dataset=10_000, tile=32)
+
+
+def test_verify_finds_the_manifest_from_any_working_directory_and_manifests_location(tmp_path, monkeypatch):
+    """index.json names its manifest relative to the shard folder, for ingest and shard sets alike."""
+    info = write_fixture("zoolake", tmp_path / "raw")
+    shards, manifests = tmp_path / "A" / "shards", tmp_path / "B" / "elsewhere"
+    monkeypatch.chdir(tmp_path)
+    ingest("zoolake", info.raw, Path("A/shards"), Path("B/elsewhere"), records_per_shard=4)
+    build_shard_set("set", shards_root=Path("A/shards"), manifests_root=Path("B/elsewhere"), samples_per_shard=2)
+    elsewhere = tmp_path / "C" / "deep"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    for name in ("zoolake", "set"):
+        assert (
+            json.loads((shards / name / "index.json").read_text())["manifest"] == f"../../../B/elsewhere/{name}.parquet"
+        )
+        assert verify(shards / name) == []
+        assert summarize(shards / name)["manifest"] == str(manifests / f"{name}.parquet")
+    moved = tmp_path / "moved"  # the shard root and its manifests moved together keep working
+    shutil.move(tmp_path / "A", moved / "A")
+    shutil.move(tmp_path / "B", moved / "B")
+    assert verify(moved / "A" / "shards" / "set") == []

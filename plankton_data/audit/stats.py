@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from plankton_data.audit.verify import locate_manifest
 from plankton_data.errors import PlanktonDataError
-from plankton_data.format.index import INDEX_NAME, read_index
+from plankton_data.format.index import INDEX_NAME, manifest_path, read_index
 from plankton_data.format.manifest import read_manifest
 from plankton_data.ingest.adapters import DATASET_IDS
 
@@ -43,7 +42,7 @@ def resolve_target(
     if path.is_file() and path.suffix == ".parquet":
         return Target(path, Path(shards_root))
     if (path / INDEX_NAME).is_file():
-        manifest = locate_manifest(path, read_index(path))
+        manifest = manifest_path(path, read_index(path))
         if manifest is None:
             raise PlanktonDataError(f"no manifest found for the shard folder {path}")
         return Target(manifest, path.parent)

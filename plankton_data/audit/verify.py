@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.format.index import ShardIndex, ShardInfo, read_index
+from plankton_data.format.index import ShardIndex, ShardInfo, manifest_path, read_index
 from plankton_data.format.manifest import read_manifest
-
-_BLOCK = 512
-_ZERO = bytes(_BLOCK)
+from plankton_data.format.tar import TarMember, member_key, open_mapped, read_members
 
 
 @dataclass(frozen=True)
@@ -44,81 +39,6 @@ class Problem:
     def __str__(self) -> str:
         where = "/".join(p for p in (self.shard, self.key) if p) or "index"
         return f"{where}: {self.message}"
-
-
-@dataclass(frozen=True)
-class TarMember:
-    """A member of a tar: its name, where its header starts, where its data starts, and its data size."""
-
-    name: str
-    header: int
-    offset: int
-    size: int
-
-    @property
-    def end(self) -> int:
-        """First byte after the member's padded data (where the next header starts)."""
-        return self.offset + -(-self.size // _BLOCK) * _BLOCK
-
-
-def read_members(buf: bytes | mmap.mmap, checksums: bool = True) -> tuple[list[TarMember], str]:
-    """Walk the headers of an uncompressed tar in ``buf``.
-
-    Returns the members up to the end-of-archive marker and ``""``, or the members read before the damage
-    and a one-line description of it (truncation, a bad header). ``checksums=False`` skips the header
-    checksum test (for tars whose sha256 was already checked).
-    """
-    members: list[TarMember] = []
-    pos, size = 0, len(buf)
-    while True:
-        if pos + _BLOCK > size:
-            return members, f"file ends at byte {size} without an end-of-archive marker (truncated?)"
-        hdr = buf[pos : pos + _BLOCK]
-        if hdr == _ZERO:
-            return members, ""
-        if checksums and not _checksum_ok(hdr):
-            return members, f"bad tar header checksum at byte {pos}"
-        name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        try:
-            n = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
-        except ValueError:
-            return members, f"unreadable size field in the tar header at byte {pos}"
-        if pos + _BLOCK + n > size:
-            return members, f"member {name} runs past the end of the file (truncated?)"
-        member = TarMember(name, pos, pos + _BLOCK, n)
-        members.append(member)
-        pos = member.end
-
-
-def _checksum_ok(hdr: bytes) -> bool:
-    try:
-        stored = int(hdr[148:156].strip(b"\0 ") or b"-1", 8)
-    except ValueError:
-        return False
-    return stored == sum(hdr[:148]) + 8 * 32 + sum(hdr[156:])
-
-
-@contextmanager
-def open_mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
-    """Read-only map of a file (``b""`` when it is empty, which mmap cannot map)."""
-    with open(path, "rb") as fh:
-        if fh.seek(0, 2) == 0:
-            yield b""
-            return
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            yield mm
-
-
-def locate_manifest(folder: Path, index: ShardIndex, manifest: Path | None = None) -> Path | None:
-    """The manifest of a shard folder: ``manifest`` if given, else the index's ``manifest`` path (as written,
-    or relative to the folder's grandparent), else ``<root>/manifests/<name>.parquet`` beside ``<root>/shards``.
-    """
-    if manifest is not None:
-        return Path(manifest)
-    root = folder.resolve().parent.parent
-    candidates = [Path(index.manifest), root / index.manifest] if index.manifest else []
-    candidates.append(root / "manifests" / f"{index.name}.parquet")
-    return next((c for c in candidates if c.is_file()), None)
 
 
 def verify(path: Path | str, manifest: Path | str | None = None) -> list[Problem]:
@@ -158,7 +78,7 @@ def _manifest_rows(
     folder: Path, index: ShardIndex, manifest: Path | None
 ) -> tuple[dict[str, dict[str, tuple[int, int, str]]], list[Problem]]:
     """Manifest rows grouped by tar name: ``{tar: {key: (offset, length, image_sha256)}}``."""
-    path = locate_manifest(folder, index, manifest)
+    path = manifest or manifest_path(folder, index)
     if path is None:
         return {}, [Problem("", "", f"no manifest found for {index.name} (pass it explicitly)")]
     try:
@@ -209,7 +129,7 @@ def _check_shard(
             problem("", damage)
         samples: dict[str, dict[str, TarMember]] = {}
         for m in members:
-            key, _, ext = m.name.partition(".")
+            key, ext = member_key(m.name)
             samples.setdefault(key, {})[ext] = m
         if len(samples) != info.count:
             problem("", f"holds {len(samples)} readable samples, index.json says {info.count}")

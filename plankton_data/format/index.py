@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from plankton_data.errors import SchemaError
+from plankton_data.format import atomic
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "plankton-shards/1"
@@ -70,13 +71,28 @@ class ShardIndex:
 
 def write_index(index: ShardIndex, folder: Path) -> Path:
     """Write ``folder/index.json`` atomically (temp + fsync + rename)."""
-    path = folder / INDEX_NAME
-    tmp = folder / f".{INDEX_NAME}.partial"
-    tmp.write_text(index.to_json())
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic.write_bytes(folder / INDEX_NAME, index.to_json().encode())
+
+
+def manifest_ref(folder: Path, manifest: Path) -> str:
+    """How ``index.json`` names its manifest: the path relative to the shard folder.
+
+    Relative to the folder, not to the working directory, so a shard root and its manifests can be moved or
+    mounted elsewhere together. Computed for the staging folder works for the final one: they are siblings.
+    """
+    return os.path.relpath(Path(manifest).resolve(), Path(folder).resolve())
+
+
+def manifest_path(folder: Path, index: ShardIndex) -> Path | None:
+    """The manifest of the shard folder ``folder``, or ``None`` if it cannot be found.
+
+    ``index.manifest`` resolved against the folder (see :func:`manifest_ref`), else the conventional
+    ``<root>/manifests/<name>.parquet`` beside ``<root>/shards/``.
+    """
+    folder = Path(folder)
+    candidates = [Path(os.path.normpath(folder / index.manifest))] if index.manifest else []
+    candidates.append(folder.resolve().parent.parent / "manifests" / f"{index.name}.parquet")
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def swap_in(staging: Path, final: Path, tag: str) -> None:

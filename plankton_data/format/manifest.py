@@ -8,7 +8,6 @@ per sample. ``docs/manifest.md`` documents each column; a test keeps the two in 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_data.errors import SchemaError
+from plankton_data.format import atomic
 
 SCHEMA_VERSION = "1"
 
@@ -161,12 +161,8 @@ def dataset_pixel_stats(table: pa.Table) -> dict[str, list[float]]:
 
 def write_table(table: pa.Table, path: Path) -> None:
     """Write Parquet atomically: a temp file in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def read_manifest(path: Path | str) -> pa.Table:

@@ -1,4 +1,9 @@
-"""Deterministic, atomic WebDataset tar writing that records where each member's bytes land.
+"""The WebDataset tar layout: deterministic, atomic writing, and reading member headers.
+
+Every sample is ``<key>.<image format>`` plus ``<key>.json``, written in sorted extension order as plain
+512-byte USTAR headers; this module alone knows the header fields and block arithmetic. Writing is
+:class:`TarShardWriter`; reading is :func:`read_members` (walk the headers of a mapped tar, for ``verify`` and
+for the loader's fallback scan) and the field slices the shard-set copy checks in bulk with numpy.
 
 Why not ``webdataset.ShardWriter`` (or ``tarfile``): the former writes straight to the final name (a crash
 leaves a truncated tar that looks complete) and stamps the current time into headers (reruns differ);
@@ -11,14 +16,25 @@ is a plain POSIX tar that ``webdataset``, GNU ``tar`` and Python's ``tarfile`` r
 from __future__ import annotations
 
 import hashlib
-import os
+import mmap
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from plankton_data.format import atomic
 from plankton_data.format.index import ShardInfo
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar pads the archive to whole 10 KiB records, as GNU tar and tarfile do
+ZERO_BLOCK = bytes(BLOCK)
+#: Header fields (byte slices of a 512-byte header).
+NAME_FIELD = slice(0, 100)
+SIZE_FIELD = slice(124, 136)  # 11 octal digits and a NUL
+CHECKSUM_FIELD = slice(148, 156)
+TYPE_FIELD = slice(156, 157)
+_EXTENDED_TYPES = (b"x", b"g", b"L", b"K")  # pax and GNU long-name headers (never written here)
 
 
 @dataclass(frozen=True)
@@ -110,10 +126,8 @@ class TarShardWriter:
             return self.info
         end = self._pos + 2 * BLOCK
         self._write(b"\0" * (2 * BLOCK + (-end % RECORD)))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
         self._fh.close()
-        os.replace(self._tmp, self.path)
+        atomic.commit(self._tmp, self.path)
         self.info = ShardInfo(name=self.path.name, count=self.count, bytes=self._pos, sha256=self._sha.hexdigest())
         return self.info
 
@@ -130,3 +144,108 @@ class TarShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def padded(size: int) -> int:
+    """Bytes a member of ``size`` data bytes occupies after its header (whole blocks)."""
+    return -(-size // BLOCK) * BLOCK
+
+
+def end_of_archive(data_bytes: int) -> bytes:
+    """The zero blocks that end a tar whose members occupy ``data_bytes``: two blocks, padded to a record."""
+    return bytes(2 * BLOCK + (-(data_bytes + 2 * BLOCK)) % RECORD)
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """A member of a tar: its name, where its header starts, where its data starts, and its data size."""
+
+    name: str
+    header: int
+    offset: int
+    size: int
+    type: bytes = b"0"
+
+    @property
+    def end(self) -> int:
+        """First byte after the member's padded data (where the next header starts)."""
+        return self.offset + padded(self.size)
+
+
+def parse_octal(field: bytes) -> int:
+    """A numeric header field: octal digits, or GNU base-256 (high bit set) for large values."""
+    if field and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    return int(field.strip(b"\0 ") or b"0", 8)
+
+
+def checksum_ok(header: bytes) -> bool:
+    """Whether a header's stored checksum equals the byte sum of the header (checksum field as spaces)."""
+    try:
+        stored = int(header[CHECKSUM_FIELD].strip(b"\0 ") or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def read_members(buf: bytes | mmap.mmap, checksums: bool = True) -> tuple[list[TarMember], str]:
+    """Walk the headers of an uncompressed tar in ``buf`` (only header blocks are touched).
+
+    Returns the members up to the end-of-archive marker and ``""``, or the members read before the damage
+    and a one-line description of it (truncation, a bad header). ``checksums=False`` skips the header
+    checksum test (for tars whose sha256 was already checked).
+    """
+    members: list[TarMember] = []
+    pos, size = 0, len(buf)
+    while True:
+        if pos + BLOCK > size:
+            return members, f"file ends at byte {size} without an end-of-archive marker (truncated?)"
+        hdr = buf[pos : pos + BLOCK]
+        if hdr == ZERO_BLOCK:
+            return members, ""
+        if checksums and not checksum_ok(hdr):
+            return members, f"bad tar header checksum at byte {pos}"
+        name = hdr[NAME_FIELD].split(b"\0", 1)[0].decode("utf-8", "replace")
+        try:
+            n = parse_octal(hdr[SIZE_FIELD])
+        except ValueError:
+            return members, f"unreadable size field in the tar header at byte {pos}"
+        if pos + BLOCK + n > size:
+            return members, f"member {name} runs past the end of the file (truncated?)"
+        member = TarMember(name, pos, pos + BLOCK, n, bytes(hdr[TYPE_FIELD]))
+        members.append(member)
+        pos = member.end
+
+
+@contextmanager
+def open_mapped(path: Path) -> Iterator[mmap.mmap | bytes]:
+    """Read-only map of a file (``b""`` when it is empty, which mmap cannot map)."""
+    with open(path, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            yield b""
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            yield mm
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """``(key, extension)`` of a member name (webdataset's rule: the extension starts at the first dot)."""
+    key, _, ext = name.rpartition("/")[2].partition(".")
+    return key, ext
+
+
+def scan_images(path: Path, image_ext: str) -> tuple[list[tuple[str, int, int]], str]:
+    """``(key, data offset, data length)`` of every ``<key>.<image_ext>`` member of a tar, in tar order.
+
+    For tar folders without a manifest (or tars from elsewhere): walks the headers with :func:`read_members`,
+    and hands tars with pax or GNU long-name headers, which this toolkit never writes, to :mod:`tarfile`.
+    The second value is ``""``, or the damage that ended the walk early (the members before it are kept).
+    """
+    with open_mapped(path) as buf:
+        members, problem = read_members(buf)
+    if any(m.type in _EXTENDED_TYPES for m in members):
+        with tarfile.open(path, "r:") as tar:
+            found = [(*member_key(t.name), t.offset_data, t.size) for t in tar if t.isfile()]
+        return [(key, off, n) for key, ext, off, n in found if ext == image_ext], ""
+    found = [(*member_key(m.name), m.offset, m.size) for m in members if m.type in (b"0", b"\0")]
+    return [(key, off, n) for key, ext, off, n in found if ext == image_ext], problem

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from plankton_data.format.keys import pixel_sha256, sample_key
 from plankton_data.ingest import ops
 from plankton_data.ingest.adapters.base import Box, RawRecord, normalize_label
 
@@ -68,16 +69,6 @@ def _config_fields(cfg: PreprocessConfig) -> dict:
     return asdict(cfg)
 
 
-def sample_key(dataset: str, source_id: str) -> str:
-    """``<dataset>_<16 hex>``: stable, unique, and dot-free (webdataset splits extensions at the first dot)."""
-    return f"{dataset}_{hashlib.sha256(source_id.encode()).hexdigest()[:16]}"
-
-
-def key_dataset(key: str) -> str:
-    """The dataset id a :func:`sample_key` was made for (ids may hold ``_``; the hex part never does)."""
-    return key.rpartition("_")[0]
-
-
 _BITGEN = np.random.PCG64(0)  # re-seeded per sample below; building a fresh Generator costs ~25 us
 
 
@@ -98,16 +89,6 @@ def _finish(gray: np.ndarray, key: str, cfg: PreprocessConfig) -> tuple[np.ndarr
     square = ops.pad_to_square(gray, _rng_for(key, cfg.seed), background=(mode, std))
     out = ops.resize_square(square, cfg.size)
     return out, {"pad_mode": mode, "pad_std": round(std, 3), "pixel_sha256": pixel_sha256(gray)}
-
-
-def pixel_sha256(gray: np.ndarray) -> str:
-    """sha256 of a gray image's shape and pixels: equal for pixel-identical content, whatever the encoding.
-
-    Taken before padding (whose noise is seeded per sample key) and resizing, so the same published image
-    ingested by two datasets gets the same value: the basis of duplicate and leak detection.
-    """
-    h, w = gray.shape
-    return hashlib.sha256(h.to_bytes(4, "little") + w.to_bytes(4, "little") + gray.tobytes()).hexdigest()
 
 
 def _make_sample(

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from plankton_data import __version__
 from plankton_data.errors import MissingRawData
-from plankton_data.format.index import ShardIndex, ShardInfo, swap_in, write_index
+from plankton_data.format.index import ShardIndex, ShardInfo, manifest_ref, swap_in, write_index
 from plankton_data.format.manifest import (
     MANIFEST_SCHEMA,
     REJECTS_SCHEMA,
@@ -252,7 +251,7 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
             std=std,
             dataset_stats=dataset_pixel_stats(manifest),
             shards=infos,
-            manifest=os.path.relpath(manifest_path, shards_root / dataset),
+            manifest=manifest_ref(shards_root / dataset, manifest_path),
             args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
             version=__version__,
         ),

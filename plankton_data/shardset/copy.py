@@ -39,10 +39,8 @@ import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
 from plankton_data.format.index import ShardInfo
+from plankton_data.format.tar import BLOCK, NAME_FIELD, SIZE_FIELD, end_of_archive, padded, parse_octal
 
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tarfile pads an archive to a multiple of its 10 KiB record
-_NAME = 100  # bytes of the name field of a tar header
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per writev
 _WORKERS = max(1, min(4, os.cpu_count() or 1))  # tars written at once
 #: ``progress(done_samples, total_samples)``
@@ -164,7 +162,7 @@ def plan_layout(
     image_end = offset[rows] + _padded(length)
     image_first = image_format < "json"  # TarShardWriter writes members in sorted extension order
     if image_first:
-        start = offset[rows] - _BLOCK
+        start = offset[rows] - BLOCK
         end = np.r_[start[1:], 0]  # the next sample's start; the last of each tar is set below
     else:  # the json member opens the run, right after the previous sample (or at 0)
         start = np.r_[0, image_end[:-1]]
@@ -176,7 +174,7 @@ def plan_layout(
         view = tars.view(tar)
         if image_first:
             end[b - 1] = _member_end(view, int(image_end[b - 1]), tar)
-        if end[b - 1] + 2 * _BLOCK > len(view) or any(view[end[b - 1] : end[b - 1] + 2 * _BLOCK]):
+        if end[b - 1] + 2 * BLOCK > len(view) or any(view[end[b - 1] : end[b - 1] + 2 * BLOCK]):
             raise PlanktonDataError(f"corrupt source shard {tar}: no end-of-archive marker after the last sample")
         samples.append(_Samples(tar, keys[a:b], offset[rows[a:b]], length[a:b], start[a:b], end[a:b]))
     run_start, run_end = np.empty(len(offset), np.int64), np.empty(len(offset), np.int64)
@@ -194,10 +192,10 @@ def plan_layout(
 def _member_end(view: memoryview, header: int, tar: str) -> int:
     """End of the (padded) data of the member whose header starts at byte ``header``."""
     try:
-        size = int(bytes(view[header + 124 : header + 136]).strip(b"\0 "), 8)
+        size = parse_octal(bytes(view[header + SIZE_FIELD.start : header + SIZE_FIELD.stop]))
     except ValueError:
         raise PlanktonDataError(f"corrupt source shard {tar}: no readable tar header at byte {header}") from None
-    return header + _BLOCK + -(-size // _BLOCK) * _BLOCK
+    return header + BLOCK + padded(size)
 
 
 def check_sources(layout: Layout, tars: SourceTars) -> None:
@@ -216,25 +214,26 @@ def check_sources(layout: Layout, tars: SourceTars) -> None:
 def _check_tar(s: _Samples, view: memoryview, image_format: str) -> str | None:
     """What is wrong with the tar headers of the samples ``s`` (see :func:`check_sources`), or ``None``."""
     data = np.frombuffer(view, np.uint8)
-    image_hdr = s.offset - _BLOCK
+    image_hdr = s.offset - BLOCK
     image_first = image_format < "json"
     other_hdr = s.offset + _padded(s.length) if image_first else s.start
     for p in (image_hdr, other_hdr):
-        if (p % _BLOCK).any() or (p < 0).any() or (p + _BLOCK > len(data)).any():
+        if (p % BLOCK).any() or (p < 0).any() or (p + BLOCK > len(data)).any():
             return f"corrupt source shard {s.tar}: a sample is not where its manifest says"
-    size_field = np.arange(124, 135)  # 11 octal digits
+    size_field = np.arange(SIZE_FIELD.start, SIZE_FIELD.stop - 1)  # 11 octal digits (the 12th byte is NUL)
     image_size, image_ok = _octal(data[image_hdr[:, None] + size_field])
     other_size, other_ok = _octal(data[other_hdr[:, None] + size_field])
     ok = (
         image_ok
         & other_ok
         & (image_size == s.length)
-        & (other_hdr + _BLOCK + _padded(other_size) == (s.end if image_first else image_hdr))
+        & (other_hdr + BLOCK + _padded(other_size) == (s.end if image_first else image_hdr))
     )
     ok[0] &= s.start[0] == 0
     for row in {0, len(ok) - 1}:  # names: at both ends of the tar, where a manifest of another ingest would show
-        name = f"{s.keys[row].as_py()}.{image_format}".encode().ljust(_NAME, b"\0")
-        ok[row] &= bytes(view[image_hdr[row] : image_hdr[row] + _NAME]) == name
+        width = NAME_FIELD.stop - NAME_FIELD.start
+        name = f"{s.keys[row].as_py()}.{image_format}".encode().ljust(width, b"\0")
+        ok[row] &= bytes(view[image_hdr[row] : image_hdr[row] + width]) == name
     if ok.all():
         return None
     key = s.keys[int(np.argmin(ok))].as_py()
@@ -251,7 +250,8 @@ def _octal(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _padded(size: np.ndarray) -> np.ndarray:
-    return -(-size // _BLOCK) * _BLOCK
+    """:func:`~plankton_data.format.tar.padded` over an array of sizes."""
+    return -(-size // BLOCK) * BLOCK
 
 
 def write_tars(
@@ -296,7 +296,7 @@ def _write_tar(staging: Path, layout: Layout, i: int, views: list[memoryview]) -
     runs = zip(layout.source[i].tolist(), layout.start[i].tolist(), layout.end[i].tolist(), strict=True)
     bufs: list = [views[s][a:b] for s, a, b in runs]
     size = int((layout.end[i] - layout.start[i]).sum())
-    bufs.append(bytes(2 * _BLOCK + (-(size + 2 * _BLOCK)) % _RECORD))
+    bufs.append(end_of_archive(size))
     size += len(bufs[-1])
     sha = hashlib.sha256()
     try:

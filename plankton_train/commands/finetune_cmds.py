@@ -95,9 +95,15 @@ def finetune(
     fold: Annotated[int, typer.Option(min=0)] = 0,
     fraction: Annotated[float, typer.Option(help="Labelled fraction of the training pool.")] = 1.0,
     init: Annotated[
-        str, typer.Option(help="random | imagenet | timm:NAME | hf-hub:ORG/NAME | folder | file.")
+        str,
+        typer.Option(
+            help="random | imagenet (MAE ImageNet-1k, the paper's baseline) | imagenet-supervised | timm:NAME | "
+            "hf-hub:ORG/NAME | folder | file."
+        ),
     ] = ("imagenet"),
-    weights_file: Annotated[str, typer.Option(help="Local weights for imagenet/timm: inits (no hub).")] = "",
+    weights_file: Annotated[
+        str, typer.Option(help="Local weights for imagenet, imagenet-supervised and timm: inits (no hub).")
+    ] = "",
     arch: Annotated[str, typer.Option(help="timm architecture for random / weights-file inits.")] = (
         "vit_large_patch16_224"
     ),

@@ -2,10 +2,11 @@
 
 Design (why it looks like this):
 
-* **Sample table.** At start the tar headers of every shard listed in ``index.json`` are scanned once
-  (512-byte reads, no image data; a few microseconds per sample) to find where each image member's
-  bytes lie. Samples are then read with ``os.pread`` at those offsets: shards stay plain WebDataset tars,
-  but ordering no longer depends on how the tars were written (ingest writes datasets class-sorted).
+* **Sample table.** At start, where each image member's bytes lie comes from the manifest's
+  ``shard``/``offset``/``length`` columns (:func:`plankton_data.format.samples.sample_table`; a folder
+  without a manifest falls back to reading its tar headers). Samples are then read with ``os.pread`` at
+  those offsets: shards stay plain WebDataset tars, but ordering no longer depends on how the tars were
+  written (ingest writes datasets class-sorted).
 * **Epoch plan.** Epoch ``e`` is a permutation of all samples drawn from ``(seed, e)``, identical on every
   rank; rank ``r`` takes ``perm[r::world_size]``. Every rank gets the same number of batches,
   ``ceil(ceil(N / world_size) / batch_size)``; a rank whose share does not fill them has smaller last
@@ -29,10 +30,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import tarfile
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -40,116 +39,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from plankton_data.errors import PlanktonDataError
-from plankton_data.format.index import ShardIndex, read_index
+from plankton_data.errors import PlanktonDataError, SchemaError
+from plankton_data.format.index import read_index
+from plankton_data.format.samples import SampleTable, sample_table
 from plankton_train.data.augment import eval_transform, train_transform
 from plankton_train.data.decode import CorruptSample, decode_gray
 
 log = logging.getLogger(__name__)
 
-_BLOCK = 512
 _MAX_OPEN = 64  # open shard file descriptors per worker (LRU)
 _AUG_TAG = 0x61756721  # separates the augmentation seed stream from the permutation stream
 
 
 class StreamError(PlanktonDataError):
     """A shard folder the loader cannot use, or a loader state that does not fit the stream."""
-
-
-@dataclass(frozen=True)
-class SampleTable:
-    """Where each image member lies: ``N`` samples in shard-list order."""
-
-    shard_names: tuple[str, ...]
-    shard: np.ndarray  # (N,) int32 index into shard_names
-    offset: np.ndarray  # (N,) int64 byte offset of the image data in its tar
-    length: np.ndarray  # (N,) int64 image data length in bytes
-    keys: np.ndarray  # (N,) bytes sample keys, for error reports
-
-    def __len__(self) -> int:
-        return len(self.offset)
-
-
-def _octal(field: bytes) -> int:
-    if field[0] & 0x80:  # GNU base-256 encoding for large numbers
-        return int.from_bytes(field[1:], "big")
-    return int(field.strip(b"\0 ") or b"0", 8)
-
-
-def _scan_tarfile(path: Path, image_ext: str) -> list[tuple[str, int, int]]:
-    """Slow but general path (pax / GNU long names): Python's tarfile, headers only."""
-    out = []
-    with tarfile.open(path, "r:") as tar:
-        for ti in tar:
-            key, _, ext = ti.name.rpartition("/")[2].partition(".")
-            if ti.isfile() and ext == image_ext:
-                out.append((key, ti.offset_data, ti.size))
-    return out
-
-
-def scan_tar(path: Path, image_ext: str) -> list[tuple[str, int, int]]:
-    """``(key, data offset, data length)`` of every ``<key>.<image_ext>`` member, in tar order.
-
-    Reads only the 512-byte USTAR headers (``pread``, skipping data). Falls back to :mod:`tarfile` when
-    the tar uses pax or GNU long-name headers. A header with a bad checksum or one running past the end
-    of the file ends the scan with a warning: the samples after it are missing, not fatal.
-    """
-    out: list[tuple[str, int, int]] = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        file_size, pos = os.fstat(fd).st_size, 0
-        while pos + _BLOCK <= file_size:
-            header = os.pread(fd, _BLOCK, pos)
-            if header == bytes(_BLOCK):
-                break  # end-of-archive marker
-            stored = _octal(header[148:156])
-            if stored != sum(header[:148]) + 256 + sum(header[156:]):
-                log.warning("%s: bad tar header at byte %d; samples after it are skipped", path, pos)
-                break
-            kind, size = header[156:157], _octal(header[124:136])
-            if kind in (b"x", b"g", b"L", b"K"):
-                return _scan_tarfile(path, image_ext)
-            if pos + _BLOCK + size > file_size:
-                log.warning("%s: truncated at byte %d; samples after it are skipped", path, pos)
-                break
-            name = header[:100].rstrip(b"\0").decode("utf-8", "replace").rpartition("/")[2]
-            key, _, ext = name.partition(".")
-            if kind in (b"0", b"\0") and ext == image_ext:
-                out.append((key, pos + _BLOCK, size))
-            pos += _BLOCK + -(-size // _BLOCK) * _BLOCK
-    finally:
-        os.close(fd)
-    return out
-
-
-def scan_shards(folder: Path, index: ShardIndex) -> SampleTable:
-    """Build the :class:`SampleTable` of a shard folder from its index and tar headers.
-
-    A shard holding fewer samples than the index promises (a damaged copy) is logged and used as is;
-    every rank scans the same files, so all ranks still agree on the plan.
-    """
-    shard, offset, length, keys = [], [], [], []
-    for i, info in enumerate(index.shards):
-        path = folder / info.name
-        if not path.is_file():
-            raise StreamError(f"{path} is listed in {folder}/index.json but missing")
-        found = scan_tar(path, index.image_format)
-        if len(found) != info.count:
-            log.warning("%s: %d samples found, index says %d", path, len(found), info.count)
-        for key, off, n in found:
-            shard.append(i)
-            keys.append(key.encode())
-            offset.append(off)
-            length.append(n)
-    if not offset:
-        raise StreamError(f"{folder} holds no '{index.image_format}' samples")
-    return SampleTable(
-        shard_names=tuple(s.name for s in index.shards),
-        shard=np.asarray(shard, np.int32),
-        offset=np.asarray(offset, np.int64),
-        length=np.asarray(length, np.int64),
-        keys=np.asarray(keys),
-    )
 
 
 def batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
@@ -261,7 +164,10 @@ class ShardStream(IterableDataset):
         self.index = read_index(self.folder)
         if batch_size < 1 or not 0 <= rank < world_size:
             raise StreamError(f"bad loader geometry: batch {batch_size}, rank {rank} of {world_size}")
-        self.table = scan_shards(self.folder, self.index)
+        try:
+            self.table = sample_table(self.folder, self.index)
+        except SchemaError as exc:
+            raise StreamError(str(exc)) from exc
         self.batch_size, self.out_size, self.train = batch_size, out_size, train
         self.scale, self.seed = scale, seed
         self.resize = resize if resize is not None else round(out_size * 256 / 224)

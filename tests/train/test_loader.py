@@ -12,6 +12,7 @@ import torch
 
 from plankton_data.format.index import read_index
 from plankton_data.format.manifest import read_manifest
+from plankton_data.format.samples import sample_table, scan_headers
 from plankton_train.data.augment import eval_transform, normalize, train_transform
 from plankton_train.data.stream import (
     ShardStream,
@@ -19,7 +20,6 @@ from plankton_train.data.stream import (
     StreamLoader,
     batches_per_epoch,
     rank_batches,
-    scan_shards,
 )
 
 
@@ -33,7 +33,7 @@ def _take(loader: StreamLoader, n: int) -> list[dict]:
 
 
 def test_sample_table_matches_the_manifest_offsets(synthetic_shards):
-    table = scan_shards(synthetic_shards.folder, read_index(synthetic_shards.folder))
+    table = scan_headers(synthetic_shards.folder, read_index(synthetic_shards.folder))
     rows = read_manifest(synthetic_shards.manifest).to_pandas().set_index("key")
     assert len(table) == synthetic_shards.total == 36
     for i, key in enumerate(table.keys):
@@ -42,9 +42,35 @@ def test_sample_table_matches_the_manifest_offsets(synthetic_shards):
         assert table.shard_names[table.shard[i]] == Path(row["shard"]).name
 
 
-@pytest.mark.parametrize(
-    ("num", "batch", "world"), [(36, 8, 1), (36, 8, 2), (37, 4, 4), (37, 5, 3), (10, 3, 3)]
-)
+def test_the_loader_takes_offsets_from_the_manifest_and_scans_only_without_one(synthetic_shards, tmp_path):
+    index = read_index(synthetic_shards.folder)
+    from_manifest, from_headers = (
+        sample_table(synthetic_shards.folder, index),
+        scan_headers(synthetic_shards.folder, index),
+    )
+    assert (from_manifest.source, from_headers.source) == ("manifest", "headers")
+    for field in ("shard", "offset", "length", "keys"):
+        assert np.array_equal(getattr(from_manifest, field), getattr(from_headers, field)), field
+    assert ShardStream(synthetic_shards.folder, 4, out_size=32).table.source == "manifest"
+    alone = tmp_path / "alone"  # a copy whose index names a manifest that is not there
+    shutil.copytree(synthetic_shards.folder, alone)
+    (alone / "index.json").write_text((alone / "index.json").read_text().replace(".parquet", ".moved.parquet"))
+    table = ShardStream(alone, 4, out_size=32).table
+    assert table.source == "headers" and np.array_equal(table.offset, from_manifest.offset)
+
+
+def test_a_manifest_that_disagrees_with_the_index_is_not_trusted(synthetic_shards, tmp_path, caplog):
+    rows = read_manifest(synthetic_shards.manifest).slice(0, 30)  # six samples short
+    stale = tmp_path / "stale.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(rows, stale)
+    with caplog.at_level(logging.WARNING):
+        table = sample_table(synthetic_shards.folder, read_index(synthetic_shards.folder), stale)
+    assert table.source == "headers" and len(table) == 36 and "scanning tar headers" in caplog.text
+
+
+@pytest.mark.parametrize(("num", "batch", "world"), [(36, 8, 1), (36, 8, 2), (37, 4, 4), (37, 5, 3), (10, 3, 3)])
 def test_each_epoch_covers_every_sample_once_with_equal_batch_counts(num, batch, world):
     for epoch in (0, 1):
         per_rank = [rank_batches(num, batch, world, r, seed=5, epoch=epoch) for r in range(world)]
@@ -113,7 +139,7 @@ def test_state_from_another_geometry_is_refused(synthetic_shards):
 def _damaged_copy(src: Path, dst: Path) -> tuple[Path, str]:
     """Copy a shard folder and overwrite one image's bytes with garbage; returns the folder and the key."""
     shutil.copytree(src, dst)
-    table = scan_shards(dst, read_index(dst))
+    table = scan_headers(dst, read_index(dst))
     with open(dst / table.shard_names[table.shard[5]], "r+b") as fh:
         fh.seek(int(table.offset[5]))
         fh.write(b"\xff\xd8" + b"\x00garbage" * 40)
