@@ -1,10 +1,18 @@
-"""Errors that the CLI turns into a one-line message and a non-zero exit (never a traceback)."""
+"""Errors that the CLIs turn into a one-line message and a non-zero exit (never a traceback).
+
+:class:`PlanktonError` is the one base both packages share, so each CLI handles every error of the toolkit
+in one place; ``plankton_train.errors`` derives its own from it.
+"""
 
 from __future__ import annotations
 
 
-class PlanktonDataError(Exception):
-    """Base class: a problem with the user's input or environment, explained in one line."""
+class PlanktonError(Exception):
+    """A problem with the user's input or environment, explained in one line (both packages)."""
+
+
+class PlanktonDataError(PlanktonError):
+    """Base class of ``plankton_data``'s errors."""
 
 
 class UnknownDataset(PlanktonDataError):

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_data import __version__
+from plankton_data.compat import batched
 from plankton_data.errors import MissingRawData
 from plankton_data.format.index import ShardIndex, ShardInfo, manifest_ref, swap_in, write_index
 from plankton_data.format.manifest import (
@@ -179,23 +180,12 @@ def _run(
         return
     window = 4 * workers  # batches in flight: bounds memory whatever the dataset size
     pending: deque = deque()
-    for batch in _batched(tasks, _BATCH):
+    for batch in batched(tasks, _BATCH):
         pending.append(pool.submit(process_batch, batch))
         if len(pending) >= window:
             yield from pending.popleft().result()
     while pending:
         yield from pending.popleft().result()
-
-
-def _batched(items: Iterator, n: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _read(tree: RawTree, record) -> bytes:
