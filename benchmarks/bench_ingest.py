@@ -54,7 +54,9 @@ def child(raw: str, workers: int, out: str) -> None:
     from plankton_data.ingest import ingest
 
     t0 = time.perf_counter()
-    report = ingest("kaggle", raw, Path(out) / "shards", Path(out) / "manifests", workers=workers)
+    report = ingest(
+        "kaggle", raw, shards_root=Path(out) / "shards", manifests_root=Path(out) / "manifests", workers=workers
+    )
     dt = time.perf_counter() - t0
     rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rss_kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -36,7 +36,7 @@ def build_shards(raw: Path, work: Path, workers: int) -> Path:
     folder = work / "shards" / "kaggle"
     if not (folder / INDEX_NAME).is_file():
         print(f"ingesting {raw} into {folder} ...", flush=True)
-        ingest("kaggle", raw, work / "shards", work / "manifests", workers=workers)
+        ingest("kaggle", raw, shards_root=work / "shards", manifests_root=work / "manifests", workers=workers)
     return folder
 
 

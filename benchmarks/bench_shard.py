@@ -50,7 +50,13 @@ def ingest_once(work: Path) -> None:
         manifest = work / "manifests" / f"{dataset}.parquet"
         if not manifest.is_file() or "pixel_sha256" not in pq.read_schema(manifest).names:
             t0 = time.perf_counter()
-            report = ingest(dataset, raw, work / "shards", work / "manifests", workers=os.cpu_count() or 1)
+            report = ingest(
+                dataset,
+                raw,
+                shards_root=work / "shards",
+                manifests_root=work / "manifests",
+                workers=os.cpu_count() or 1,
+            )
             print(f"ingested {dataset}: {report.samples} samples in {time.perf_counter() - t0:.1f} s")
 
 

@@ -173,10 +173,7 @@ def test_kaggle_header_order_matches_reference() -> None:
     if not ref.exists():
         pytest.skip("shared reference header not available")
     assert ["image", *kaggle_fx.SUBMISSION_COLUMNS] == ref.read_text().strip().split(",")
-    assert (
-        sorted(kaggle_fx.KAGGLE_CLASSES) == list(kaggle_fx.KAGGLE_CLASSES)
-        and len(kaggle_fx.KAGGLE_CLASSES) == 121
-    )
+    assert sorted(kaggle_fx.KAGGLE_CLASSES) == list(kaggle_fx.KAGGLE_CLASSES) and len(kaggle_fx.KAGGLE_CLASSES) == 121
 
 
 def test_kaggle_ncei_layout(tmp_path: Path) -> None:
@@ -223,9 +220,7 @@ def test_zoolake_layout(fixtures: dict[str, FixtureInfo]) -> None:
     for split in ("train", "val", "test"):
         for line in members[f"{sep}/{split}_filenames.txt"].decode().split():
             parts = PurePosixPath(line).parts
-            assert (
-                line.startswith("/") and parts[-3] in {c for c, _ in images} and parts[-2] == "training_data"
-            )
+            assert line.startswith("/") and parts[-3] in {c for c, _ in images} and parts[-2] == "training_data"
             split_of.setdefault((parts[-3], parts[-1]), []).append(split)
     assert set(split_of) == set(images) and all(len(v) == 1 for v in split_of.values())
 
@@ -278,9 +273,7 @@ def test_syke_zooscan_layout(fixtures: dict[str, FixtureInfo], tmp_path: Path, p
                 split_of[PurePosixPath(name).stem] = {"valid": "val"}.get(key, key)
 
     ext = "png" if png else "jpg"
-    pattern = re.compile(
-        rf"SYKE-plankton_ZooScan_2024/images/SYKE-plankton_ZooScan_2024/([^/]+)/(\1_\d+)\.{ext}"
-    )
+    pattern = re.compile(rf"SYKE-plankton_ZooScan_2024/images/SYKE-plankton_ZooScan_2024/([^/]+)/(\1_\d+)\.{ext}")
     labels = []
     for name, data in inner.items():
         if name.endswith((".jpg", ".png")):
@@ -310,9 +303,7 @@ def test_zooprocess_vignette_geometry() -> None:
         rows = set((ys + H - 31).tolist())
         assert rows <= set(range(H - 17, H - 9)) | {H - 6, H - 5}
         bar = v[H - 6 : H - 4]
-        assert (bar[:, 9 : 11 + ZOOPROCESS_BAR_PX] == 85).all() and (
-            bar[:, 11 + ZOOPROCESS_BAR_PX :] == 255
-        ).all()
+        assert (bar[:, 9 : 11 + ZOOPROCESS_BAR_PX] == 85).all() and (bar[:, 11 + ZOOPROCESS_BAR_PX :] == 255).all()
         text = v[H - 17 : H - 9]
         assert set(np.unique(text[:, 10:34]).tolist()) == {84, 85, 255}
         assert (text[:, :10] == 255).all() and (text[:, 34:] == 255).all()
@@ -351,9 +342,7 @@ def test_pmid2019_layout(fixtures: dict[str, FixtureInfo]) -> None:
         assert 1 <= len(objects) <= 3
         tags |= {t for t in ("difficult", "Difficult") if f"<{t}>" in text}
         for obj in objects:
-            xmin, ymin, xmax, ymax = (
-                int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")
-            )
+            xmin, ymin, xmax, ymax = (int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
             if xmax < xmin or ymax < ymin:
                 rejects += 1
                 continue
@@ -392,9 +381,7 @@ def test_syke_ifcb_layout(fixtures: dict[str, FixtureInfo]) -> None:
     check_counts(info, labels, rejects=0, skipped=skipped)
 
 
-def test_ifcb_and_daplankton_share_one_identical_image(
-    fixtures: dict[str, FixtureInfo], tmp_path: Path
-) -> None:
+def test_ifcb_and_daplankton_share_one_identical_image(fixtures: dict[str, FixtureInfo], tmp_path: Path) -> None:
     ifcb = {n: d for n, d in all_files(fixtures["syke_ifcb"].raw).items() if n.endswith(".png")}
     dap = {n: d for n, d in all_files(fixtures["daplankton"].raw).items() if n.endswith(".png")}
     shared = [(a, b) for a, da in ifcb.items() for b, db in dap.items() if da == db]

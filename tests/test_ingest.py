@@ -37,7 +37,13 @@ def ingested(tmp_path_factory):
     for dataset in DATASET_IDS:
         fx = write_fixture(dataset, base / "raw")
         report = ingest(
-            dataset, fx.raw, base / "shards", base / "manifests", workers=1, records_per_shard=4, config=_cfg(64)
+            dataset,
+            fx.raw,
+            shards_root=base / "shards",
+            manifests_root=base / "manifests",
+            workers=1,
+            records_per_shard=4,
+            config=_cfg(64),
         )
         runs[dataset] = (fx, report, base)
     return runs
@@ -119,7 +125,7 @@ def test_dataset_specific_columns(ingested):
 
 def test_zooscan_legend_is_removed_from_stored_images(ingested, tmp_path):
     fx, _, _ = ingested["syke_zooscan"]
-    report = ingest("syke_zooscan", fx.raw, tmp_path / "s", tmp_path / "m", config=_cfg(0))
+    report = ingest("syke_zooscan", fx.raw, shards_root=tmp_path / "s", manifests_root=tmp_path / "m", config=_cfg(0))
     df = pd.read_parquet(report.manifest)
     for row in df.itertuples():
         with open(tmp_path / "s" / row.shard, "rb") as fh:
@@ -137,10 +143,10 @@ def test_png_variant_and_ncei_layout(tmp_path):
     from plankton_data.fixtures import write_syke_zooscan
 
     fx = write_syke_zooscan(tmp_path / "raw", png=True)
-    report = ingest("syke_zooscan", fx.raw, tmp_path / "s", tmp_path / "m", config=_cfg(32))
+    report = ingest("syke_zooscan", fx.raw, shards_root=tmp_path / "s", manifests_root=tmp_path / "m", config=_cfg(32))
     assert report.samples == fx.samples and set(pd.read_parquet(report.manifest).split) - {""}
     ncei = write_kaggle_ncei(tmp_path / "raw")
-    report = ingest("kaggle", ncei.raw, tmp_path / "s", tmp_path / "m", config=_cfg(32))
+    report = ingest("kaggle", ncei.raw, shards_root=tmp_path / "s", manifests_root=tmp_path / "m", config=_cfg(32))
     assert report.samples == ncei.samples and report.classes == ncei.classes
 
 
@@ -166,8 +172,8 @@ def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
         ingest(
             "kaggle",
             raw,
-            tmp_path / name / "shards",
-            tmp_path / name / "manifests",
+            shards_root=tmp_path / name / "shards",
+            manifests_root=tmp_path / name / "manifests",
             workers=workers,
             records_per_shard=150,
             config=_cfg(48),
@@ -178,8 +184,8 @@ def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
     ingest(
         "kaggle",
         raw,
-        tmp_path / "a" / "shards",
-        tmp_path / "a" / "manifests",
+        shards_root=tmp_path / "a" / "shards",
+        manifests_root=tmp_path / "a" / "manifests",
         workers=2,
         records_per_shard=150,
         config=_cfg(48),
@@ -237,7 +243,7 @@ def test_truncated_and_corrupt_images_are_rejects_with_reasons(tmp_path):
         zf.writestr("train/a/3.png", png[: len(png) // 2])
         zf.writestr("train/a/4.jpg", b"not an image at all")
         zf.writestr("train/a/5.jpg", b"")
-    report = ingest("kaggle", raw, tmp_path / "s", tmp_path / "m", config=_cfg(32))
+    report = ingest("kaggle", raw, shards_root=tmp_path / "s", manifests_root=tmp_path / "m", config=_cfg(32))
     assert (report.samples, report.rejects) == (1, 4)
     reasons = dict(pd.read_parquet(report.rejects_path)[["source", "reason"]].values)
     assert "truncated JPEG" in reasons["train.zip/train/a/2.jpg"]
@@ -279,11 +285,11 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, case, message):
 
 def test_exceptions_are_typed(tmp_path):
     with pytest.raises(MissingRawData):
-        ingest("kaggle", tmp_path / "nope", tmp_path, tmp_path)
+        ingest("kaggle", tmp_path / "nope", shards_root=tmp_path, manifests_root=tmp_path)
     bad = tmp_path / "x.zip"
     bad.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(CorruptArchive):
-        ingest("kaggle", bad, tmp_path, tmp_path)
+        ingest("kaggle", bad, shards_root=tmp_path, manifests_root=tmp_path)
 
 
 def test_cli_help_and_version():

@@ -26,7 +26,14 @@ pytestmark = pytest.mark.realdata
 
 @pytest.mark.skipif(not (KAGGLE / "train.zip").is_file(), reason="real Kaggle train.zip absent")
 def test_kaggle_train_zip_gives_30336_samples_in_121_classes(tmp_path):
-    report = ingest("kaggle", KAGGLE / "train.zip", tmp_path / "s", tmp_path / "m", SMALL, workers=2)
+    report = ingest(
+        "kaggle",
+        KAGGLE / "train.zip",
+        shards_root=tmp_path / "s",
+        manifests_root=tmp_path / "m",
+        config=SMALL,
+        workers=2,
+    )
     assert report.samples == 30_336 and report.rejects == 0
     assert len(report.classes) == 121
     header = (REALDATA.parent / "reference" / "kaggle_submission_header.csv").read_text().strip().split(",")[1:]
@@ -40,7 +47,14 @@ def test_kaggle_train_zip_gives_30336_samples_in_121_classes(tmp_path):
 def test_kaggle_test_zip_is_ingested_unlabelled(tmp_path):
     with zipfile.ZipFile(KAGGLE / "test.zip") as zf:
         n_images = sum(n.endswith(".jpg") for n in zf.namelist())
-    report = ingest("kaggle", KAGGLE / "test.zip", tmp_path / "s", tmp_path / "m", SMALL, workers=2)
+    report = ingest(
+        "kaggle",
+        KAGGLE / "test.zip",
+        shards_root=tmp_path / "s",
+        manifests_root=tmp_path / "m",
+        config=SMALL,
+        workers=2,
+    )
     assert report.samples == n_images == 5016
     df = pd.read_parquet(report.manifest)
     assert (df.split == "unlabeled").all() and (df.label == "").all()
@@ -51,7 +65,9 @@ def test_zoolake_one_sample_per_jpeg_labelled_by_class_folder(tmp_path):
     with zipfile.ZipFile(ZOOLAKE) as zf:
         jpegs = [n for n in zf.namelist() if n.endswith(".jpeg")]
         with_tsv = {PurePosixPath(n).parent.name for n in zf.namelist() if n.endswith("/features.tsv")}
-    report = ingest("zoolake", ZOOLAKE, tmp_path / "s", tmp_path / "m", SMALL, workers=2)
+    report = ingest(
+        "zoolake", ZOOLAKE, shards_root=tmp_path / "s", manifests_root=tmp_path / "m", config=SMALL, workers=2
+    )
     assert report.samples == len(jpegs) and report.rejects == 0
     df = pd.read_parquet(report.manifest)
     expected = {f"data.zip/{n}": PurePosixPath(n).parent.parent.name for n in jpegs}
@@ -73,7 +89,13 @@ def test_real_zooscan_vignettes_lose_their_legend_through_ingest(tmp_path):
     files = sorted(ZOOSCAN.glob("jiho__zooprocess_ai_demo/images/*.jpg"))
     prefix = "SYKE-plankton_ZooScan_2024/images/SYKE-plankton_ZooScan_2024/Copepoda_calanoida/"
     raw = _zip_from([(prefix + f.name, f) for f in files], tmp_path / "zooscan.zip")
-    report = ingest("syke_zooscan", raw, tmp_path / "s", tmp_path / "m", PreprocessConfig(size=0, image_format="png"))
+    report = ingest(
+        "syke_zooscan",
+        raw,
+        shards_root=tmp_path / "s",
+        manifests_root=tmp_path / "m",
+        config=PreprocessConfig(size=0, image_format="png"),
+    )
     assert report.samples == len(files)
     for row in pd.read_parquet(report.manifest).itertuples():
         with open(tmp_path / "s" / row.shard, "rb") as fh:
@@ -92,6 +114,6 @@ def test_real_zooscan_vignettes_lose_their_legend_through_ingest(tmp_path):
 def test_real_ifcb_pngs_in_the_syke_layout(tmp_path):
     files = sorted(IFCB.glob("*/*.png"))
     raw = _zip_from([(f"labeled_20201020/{f.parent.name}/{f.name}", f) for f in files], tmp_path / "ifcb.zip")
-    report = ingest("syke_ifcb", raw, tmp_path / "s", tmp_path / "m", SMALL)
+    report = ingest("syke_ifcb", raw, shards_root=tmp_path / "s", manifests_root=tmp_path / "m", config=SMALL)
     assert report.samples == len(files)
     assert report.classes == {c: sum(f.parent.name == c for f in files) for c in {f.parent.name for f in files}}

@@ -62,7 +62,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Roots:
     base = tmp_path_factory.mktemp("shardset")
     infos = write_all(base / "raw")
     for dataset, info in infos.items():
-        ingest(dataset, info.raw, base / "shards", base / "manifests", records_per_shard=8)
+        ingest(dataset, info.raw, shards_root=base / "shards", manifests_root=base / "manifests", records_per_shard=8)
     return Roots(base / "shards", base / "manifests", {d: i.samples for d, i in infos.items()})
 
 
@@ -242,8 +242,8 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> NoisyPair:
     roots = {}
     for kind, dap_config in (("jpg", PreprocessConfig()), ("png_dap", PreprocessConfig(size=128, image_format="png"))):
         shards, manifests = base / kind / "shards", base / kind / "manifests"
-        ingest("syke_ifcb", base / "raw_syke", shards, manifests)
-        ingest("daplankton", base / "raw_dap", shards, manifests, dap_config)
+        ingest("syke_ifcb", base / "raw_syke", shards_root=shards, manifests_root=manifests)
+        ingest("daplankton", base / "raw_dap", shards_root=shards, manifests_root=manifests, config=dap_config)
         roots[kind] = Roots(shards, manifests, {"syke_ifcb": 5, "daplankton": 6})
     return NoisyPair(roots["jpg"], roots["png_dap"], [f"img_{i}.png" for i in range(3)])
 
@@ -293,7 +293,14 @@ def ingested_png(tmp_path_factory: pytest.TempPathFactory) -> Roots:
     for dataset in ("kaggle", "zoolake", "syke_ifcb", "daplankton"):
         info = write_fixture(dataset, base / "raw")
         config = PreprocessConfig(image_format="png", size=64)
-        ingest(dataset, info.raw, base / "shards", base / "manifests", config, records_per_shard=8)
+        ingest(
+            dataset,
+            info.raw,
+            shards_root=base / "shards",
+            manifests_root=base / "manifests",
+            config=config,
+            records_per_shard=8,
+        )
         samples[dataset] = info.samples
     return Roots(base / "shards", base / "manifests", samples)
 
@@ -614,7 +621,15 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Roots:
         "zoolake": _subset_zip(ZOOLAKE_ZIP, base / "data.zip", 2, 2),
     }
     counts = {
-        d: ingest(d, raw, base / "shards", base / "manifests", config, workers=2, records_per_shard=500).samples
+        d: ingest(
+            d,
+            raw,
+            shards_root=base / "shards",
+            manifests_root=base / "manifests",
+            config=config,
+            workers=2,
+            records_per_shard=500,
+        ).samples
         for d, raw in raws.items()
     }
     return Roots(base / "shards", base / "manifests", counts)
@@ -656,7 +671,7 @@ def test_real_ifcb_images_published_twice_are_caught_by_the_leak_guard(tmp_path)
     for png in own:
         shutil.copy(png, syke / "Other" / png.name)
     for dataset, raw in (("syke_ifcb", tmp_path / "syke"), ("daplankton", tmp_path / "dap")):
-        ingest(dataset, raw, tmp_path / "shards", tmp_path / "manifests", workers=1)
+        ingest(dataset, raw, shards_root=tmp_path / "shards", manifests_root=tmp_path / "manifests", workers=1)
     roots = dict(shards_root=tmp_path / "shards", manifests_root=tmp_path / "manifests")
     both = build_shard_set("both", samples_per_shard=1, **roots)
     guarded = build_shard_set(

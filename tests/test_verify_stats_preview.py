@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     base = tmp_path_factory.mktemp("verify")
     for dataset in DATASETS:
         info = write_fixture(dataset, base / "raw")
-        ingest(dataset, info.raw, base / "shards", base / "manifests", records_per_shard=8)
+        ingest(dataset, info.raw, shards_root=base / "shards", manifests_root=base / "manifests", records_per_shard=8)
     build_shard_set("mix", shards_root=base / "shards", manifests_root=base / "manifests", samples_per_shard=8)
     return Tree(base / "shards", base / "manifests")
 
@@ -152,6 +154,12 @@ def test_cli_verify_lists_every_problem_and_exits_1(tree):
     assert f"mix-000000.tar/{row['key']}: image bytes do not match the manifest sha256" in bad.output
     good = CliRunner().invoke(app(), ["verify", str(tree.shards / "kaggle")], terminal_width=200)
     assert good.exit_code == 0 and "intact" in good.output
+    # the installed console script too: `verify ... && next-step` must stop on corruption
+    script = Path(sys.executable).parent / "plankton-data"
+    res = subprocess.run([str(script), "verify", str(tree.mix)], capture_output=True, text=True)
+    assert res.returncode == 1 and "image bytes do not match the manifest sha256" in res.stdout
+    res = subprocess.run([str(script), "verify", str(tree.shards / "kaggle")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 # --- stats --------------------------------------------------------------------------------------------------
@@ -228,9 +236,9 @@ def test_real_kaggle_classes_verify_stats_and_preview(tmp_path):
     report = ingest(
         "kaggle",
         tmp_path / "train.zip",
-        tmp_path / "shards",
-        tmp_path / "manifests",
-        PreprocessConfig(size=64),
+        shards_root=tmp_path / "shards",
+        manifests_root=tmp_path / "manifests",
+        config=PreprocessConfig(size=64),
         records_per_shard=100,
     )
     assert verify(report.shard_dir) == []
@@ -251,7 +259,7 @@ def test_verify_finds_the_manifest_from_any_working_directory_and_manifests_loca
     info = write_fixture("zoolake", tmp_path / "raw")
     shards, manifests = tmp_path / "A" / "shards", tmp_path / "B" / "elsewhere"
     monkeypatch.chdir(tmp_path)
-    ingest("zoolake", info.raw, Path("A/shards"), Path("B/elsewhere"), records_per_shard=4)
+    ingest("zoolake", info.raw, shards_root=Path("A/shards"), manifests_root=Path("B/elsewhere"), records_per_shard=4)
     build_shard_set("set", shards_root=Path("A/shards"), manifests_root=Path("B/elsewhere"), samples_per_shard=2)
     elsewhere = tmp_path / "C" / "deep"
     elsewhere.mkdir(parents=True)

@@ -1,28 +1,28 @@
 """The ``plankton-data`` command line: a thin Typer/Rich layer over the library.
 
 Every command calls one library function and renders its result. Errors the user can fix
-(:class:`~plankton_data.errors.PlanktonDataError`) become one red line and exit status 1; set
-``PLANKTON_DEBUG=1`` to see the traceback instead.
+(:class:`~plankton_data.errors.PlanktonError`) become one red line and exit status 1; set
+``PLANKTON_DEBUG=1`` to see the traceback instead. A command that ends with ``typer.Exit(n)`` (``verify``
+with problems) exits with ``n``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from plankton_data import __version__
 from plankton_data.cli import shards as shard_cli
-from plankton_data.errors import PlanktonDataError
+from plankton_data.cli._options import ImageFormat, ManifestsOpt, RichProgress, ShardsOpt, WorkersOpt, console, out
+from plankton_data.errors import PlanktonDataError, PlanktonError
 from plankton_data.ingest import IngestReport, ingest
-from plankton_data.ingest.adapters import DATASET_IDS, get_adapter, list_adapters
+from plankton_data.ingest.adapters import DATASET_IDS, list_adapters
 from plankton_data.ingest.preprocess import PreprocessConfig
 
 app = typer.Typer(
@@ -32,14 +32,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
-
-ShardsOpt = Annotated[Path, typer.Option("--shards", help="Root folder of shard folders.")]
-ManifestsOpt = Annotated[Path, typer.Option("--manifests", help="Folder of Parquet manifests.")]
-WorkersOpt = Annotated[
-    int, typer.Option("--workers", "-w", min=0, help="Worker processes for image work (0 = one per CPU core).")
-]
 
 
 def _version(value: bool) -> None:
@@ -55,38 +47,6 @@ def _root(
     ] = False,
 ) -> None:
     """Turn published plankton datasets into WebDataset shards and Parquet manifests."""
-
-
-class _RichProgress:
-    """Rich progress bar with images/s, fed by the library's ``progress(done, total)`` callback."""
-
-    def __init__(self, label: str) -> None:
-        self._bar = Progress(
-            TextColumn(f"[bold]{label}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>7.0f} img/s"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self._task = None
-        self._t0 = time.perf_counter()
-        self._first = 0
-
-    def __enter__(self) -> _RichProgress:
-        self._bar.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._bar.stop()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._task is None:
-            self._task = self._bar.add_task("", total=total, rate=0.0)
-            self._first = done  # resumed work does not count towards the rate
-        rate = (done - self._first) / max(1e-9, time.perf_counter() - self._t0)
-        self._bar.update(self._task, completed=done, rate=rate)
 
 
 def render_report(report: IngestReport, max_classes: int = 40) -> None:
@@ -129,8 +89,8 @@ def ingest_cmd(
     raw: Annotated[Path, typer.Option("--raw", help="What you downloaded: archive(s) or the unpacked folder.")],
     size: Annotated[int, typer.Option(help="Output side in pixels (0 keeps the padded native size).", min=0)] = 256,
     image_format: Annotated[
-        str, typer.Option("--format", help="Stored encoding: jpg (fast) or png (lossless).")
-    ] = "jpg",
+        ImageFormat, typer.Option("--format", help="Stored encoding: jpg (fast) or png (lossless).")
+    ] = ImageFormat.jpg,
     quality: Annotated[int, typer.Option(help="JPEG quality.", min=50, max=100)] = 95,
     seed: Annotated[int, typer.Option(help="Seed of the padding noise.")] = 0,
     workers: WorkersOpt = 0,
@@ -142,13 +102,17 @@ def ingest_cmd(
 
     Example: plankton-data ingest kaggle --raw ~/Downloads/ndsb/ --workers 8
     """
-    get_adapter(dataset)  # unknown ids fail before any work
-    if image_format not in ("jpg", "png"):
-        raise PlanktonDataError(f"--format must be jpg or png, not {image_format!r}")
-    cfg = PreprocessConfig(size=size, image_format=image_format, quality=quality, seed=seed)
-    with _RichProgress(f"ingest {dataset}") as progress:
+    cfg = PreprocessConfig(size=size, image_format=image_format.value, quality=quality, seed=seed)
+    with RichProgress(f"ingest {dataset}") as progress:
         report = ingest(
-            dataset, raw, shards, manifests, cfg, workers or os.cpu_count() or 1, records_per_shard, progress
+            dataset,
+            raw,
+            shards_root=shards,
+            manifests_root=manifests,
+            config=cfg,
+            workers=workers or os.cpu_count() or 1,
+            records_per_shard=records_per_shard,
+            progress=progress,
         )
     render_report(report)
 
@@ -185,7 +149,11 @@ def demo_cmd(
     raws = write_all(out_dir / "raw")
     for dataset, fixture in raws.items():
         report = ingest(
-            dataset, fixture.raw, out_dir / "shards", out_dir / "manifests", workers=workers or os.cpu_count() or 1
+            dataset,
+            fixture.raw,
+            shards_root=out_dir / "shards",
+            manifests_root=out_dir / "manifests",
+            workers=workers or os.cpu_count() or 1,
         )
         render_report(report, max_classes=12)
         if (report.samples, report.rejects) != (fixture.samples, fixture.rejects):
@@ -202,11 +170,11 @@ shard_cli.register(app)
 def main() -> None:
     """Console-script entry point: one-line errors, non-zero exit, no tracebacks (unless PLANKTON_DEBUG=1)."""
     try:
-        app(standalone_mode=False)
-    except PlanktonDataError as exc:
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n, not as an exception
+    except PlanktonError as exc:
         if os.environ.get("PLANKTON_DEBUG"):
             raise
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished shards are kept; rerun the same command to resume")
@@ -221,6 +189,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -11,21 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from plankton_data.audit.preview import contact_sheet
 from plankton_data.audit.stats import summarize
 from plankton_data.audit.verify import verify
+from plankton_data.cli._options import ManifestsOpt, RichProgress, ShardsOpt, console, out
 from plankton_data.format.index import read_index
 from plankton_data.shardset import REASONS, ShardSetReport, build_shard_set
-
-console = Console(stderr=True)
-out = Console()
-
-ShardsOpt = Annotated[Path, typer.Option("--shards", help="Root folder of shard folders.")]
-ManifestsOpt = Annotated[Path, typer.Option("--manifests", help="Folder of Parquet manifests.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -71,15 +64,15 @@ def shard_cmd(
 
     Example: plankton-data shard --name no_daplankton --exclude daplankton
     """
-    with _Progress(f"shard {name}") as progress:
+    with RichProgress(f"shard {name}") as progress:
         report = build_shard_set(
             name,
-            include or (),
-            exclude or (),
-            shards,
-            manifests,
-            samples_per_shard,
-            seed,
+            include=include or (),
+            exclude=exclude or (),
+            shards_root=shards,
+            manifests_root=manifests,
+            samples_per_shard=samples_per_shard,
+            seed=seed,
             drop_class_overlap=not keep_shared_taxa,
             drop_duplicates=drop_duplicates,
             progress=progress,
@@ -222,32 +215,3 @@ def preview_cmd(
     """
     written = contact_sheet(path, out_file, per_dataset, tile, seed, shards, manifests)
     out.print(f"[green]✓[/] {written}")
-
-
-class _Progress:
-    """Rich progress bar fed by the library's ``progress(done, total)`` callback; shown from the first call, so
-    that an error raised before any work prints nothing but its one line."""
-
-    def __init__(self, label: str) -> None:
-        self._bar = Progress(
-            TextColumn(f"[bold]{label}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self._task = None
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._task is not None:
-            self._bar.stop()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._task is None:
-            self._bar.start()
-            self._task = self._bar.add_task("", total=total)
-        self._bar.update(self._task, completed=done)

@@ -89,6 +89,7 @@ class IngestReport:
 def ingest(
     dataset: str,
     raw: Path | str,
+    *,
     shards_root: Path | str = "shards",
     manifests_root: Path | str = "manifests",
     config: PreprocessConfig | None = None,

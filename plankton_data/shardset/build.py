@@ -183,6 +183,7 @@ def load_shared_taxa(uncertain: bool = True) -> list[SharedTaxon]:
 
 def build_shard_set(
     name: str,
+    *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     shards_root: Path | str = "shards",

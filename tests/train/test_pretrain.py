@@ -113,7 +113,14 @@ def mixed_set(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("mixed")
     for dataset in ("kaggle", "zoolake"):
         raw = write_fixture(dataset, base / "raw").raw
-        ingest(dataset, raw, base / "shards", base / "manifests", PreprocessConfig(size=32), records_per_shard=8)
+        ingest(
+            dataset,
+            raw,
+            shards_root=base / "shards",
+            manifests_root=base / "manifests",
+            config=PreprocessConfig(size=32),
+            records_per_shard=8,
+        )
     return build_shard_set(
         "mix", shards_root=base / "shards", manifests_root=base / "manifests", samples_per_shard=4
     ).shard_dir
