@@ -22,8 +22,9 @@ the stored bytes differ. Nothing is decoded here: the set's pixel mean/std come 
 per-image sums (:func:`plankton_data.format.manifest.pixel_stats`). Every removed row is listed with its reason in
 ``manifests/<name>.removed.parquet``.
 
-Copying: :mod:`plankton_data.shardset.copy` (byte-for-byte runs of tar blocks, several tars at once), while a
-side thread builds and writes the manifest and removed list under temporary names.
+Selection: :mod:`plankton_data.shardset.select`. Copying: :mod:`plankton_data.shardset.copy` (byte-for-byte runs
+of tar blocks, several tars at once), while a side thread builds and writes the manifest and removed list under
+temporary names.
 
 Atomic and resumable, as ingest: tars are written as ``*.partial`` in ``shards/.<name>.staging-<plan>/`` and
 renamed when complete; a rerun of the same plan reuses them. ``index.json`` is written last into the staging
@@ -34,18 +35,14 @@ fsynced. Same inputs and arguments give byte-identical outputs.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -65,23 +62,22 @@ from plankton_data.format.manifest import (
     read_manifest,
     validate,
 )
-from plankton_data.ingest.adapters import DATASET_IDS, get_adapter, normalize_label
+from plankton_data.ingest.adapters import DATASET_IDS, get_adapter
 from plankton_data.shardset.copy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
+from plankton_data.shardset.select import (
+    REASONS,
+    Selection,
+    Source,
+    keys_of,
+    load_shared_taxa,
+    removed_table,
+    select,
+    split_rule_text,
+    taxa_removed,
+)
 
 #: ``progress(done_samples, total_samples)``, called from the calling thread.
 ProgressFn = Callable[[int, int], None]
-REASONS = ("split_rule", "shared_taxon", "leak", "duplicate", "remainder")
-#: One row per input row left out of a shard set: ``manifests/<name>.removed.parquet``.
-REMOVED_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("label_raw", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False, metadata={"description": " | ".join(REASONS)}),
-        pa.field("detail", pa.string(), nullable=False, metadata={"description": "why, naming the matching key"}),
-    ]
-)
-TAXA_RESOURCE = "daplankton_shared_taxa.csv"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 #: Manifest columns with few distinct values (Parquet dictionary encoding pays off only for these).
 _DICTIONARY_COLUMNS = [
@@ -95,15 +91,6 @@ _DICTIONARY_COLUMNS = [
     "shard",
     "origin_shard",
 ]
-
-
-@dataclass(frozen=True)
-class SharedTaxon:
-    """A DAPlankton class and its SYKE-plankton_IFCB_2022 counterpart(s)."""
-
-    daplankton: str
-    syke_ifcb: tuple[str, ...]
-    confidence: str  # "exact" (same name after `_`/`-`) or "probable" (the uncertain 33rd taxon)
 
 
 @dataclass
@@ -136,49 +123,6 @@ class ShardSetReport:
     std: float
     plan: str
     resumed_shards: int = 0
-
-
-@dataclass
-class _Source:
-    dataset: str
-    table: pa.Table
-    index: ShardIndex
-    digest: str  # sha256 of index.json + manifest bytes: identifies the ingested data
-
-    def encoding(self) -> tuple:
-        cfg = self.index.args.get("config", {})
-        return self.index.image_format, self.index.size, cfg.get("quality")
-
-
-class _Selection:
-    """The fate of every input row: per included dataset, 0 (kept) or 1 + index into REASONS, and a detail."""
-
-    def __init__(self, sources: dict[str, _Source]) -> None:
-        self.fates = {d: np.zeros(s.table.num_rows, np.int8) for d, s in sources.items()}
-        self.details = {d: np.full(s.table.num_rows, "", object) for d, s in sources.items()}
-        self.leaks: list[tuple[str, str]] = []
-        self.duplicates: list[tuple[str, str]] = []
-
-    def remove(self, dataset: str, rows: np.ndarray, reason: str, detail: str | list[str]) -> None:
-        self.fates[dataset][rows] = REASONS.index(reason) + 1
-        self.details[dataset][rows] = detail
-
-    def rows(self, dataset: str, reason: str | None = None) -> np.ndarray:
-        """Rows of ``dataset`` removed for ``reason``, or kept so far (``None``)."""
-        return np.flatnonzero(self.fates[dataset] == (REASONS.index(reason) + 1 if reason else 0))
-
-    def counts(self, reason: str) -> dict[str, int]:
-        return {d: len(self.rows(d, reason)) for d in self.fates if len(self.rows(d, reason))}
-
-
-def load_shared_taxa(uncertain: bool = True) -> list[SharedTaxon]:
-    """The DAPlankton / SYKE-plankton_IFCB_2022 shared taxa; ``uncertain=False`` drops the probable one."""
-    text = (resources.files("plankton_data.shardset") / "resources" / TAXA_RESOURCE).read_text()
-    taxa = [
-        SharedTaxon(r["daplankton_name"], tuple(r["syke_ifcb_names"].split(";")), r["confidence"])
-        for r in csv.DictReader(io.StringIO(text))
-    ]
-    return [t for t in taxa if uncertain or t.confidence == "exact"]
 
 
 def build_shard_set(
@@ -238,7 +182,7 @@ def build_shard_set(
         "sources": {d: s.digest for d, s in sorted({**sources, **refs}.items())},
     }
     plan = hashlib.sha256(json.dumps([name, args, __version__], sort_keys=True).encode()).hexdigest()[:12]
-    sel = _select(sources, refs, taxa, drop_duplicates, all_splits)
+    sel = select(sources, refs, taxa, drop_duplicates, all_splits)
     combined, order = _shuffle(sources, sel, seed, samples_per_shard)
     args["plan"] = plan
     args["removed"] = {r: sum(sel.counts(r).values()) for r in REASONS}
@@ -284,12 +228,12 @@ def build_shard_set(
         inputs={d: s.table.num_rows for d, s in sources.items()},
         kept={d: len(sel.rows(d)) for d in sources},
         removed={r: sel.counts(r) for r in REASONS},
-        taxa_removed=_taxa_removed(sources, sel),
-        split_rules={d: _split_rule_text(d) for d in sel.counts("split_rule")},
+        taxa_removed=taxa_removed(sources, sel),
+        split_rules={d: split_rule_text(d) for d in sel.counts("split_rule")},
         shared_taxa=[t.daplankton for t in taxa],
         leaks=sel.leaks,
         duplicates=sel.duplicates,
-        remainder=[k for d, s in sources.items() for k in _keys(s.table, sel.rows(d, "remainder"))],
+        remainder=[k for d, s in sources.items() for k in keys_of(s.table, sel.rows(d, "remainder"))],
         excluded_rows={d: s.table.num_rows for d, s in refs.items()},
         notes=notes,
         shards=len(infos),
@@ -326,7 +270,7 @@ def _resolve(
     return included, excluded
 
 
-def _load(dataset: str, shards_root: Path, manifests_root: Path) -> _Source:
+def _load(dataset: str, shards_root: Path, manifests_root: Path) -> Source:
     path, folder = manifests_root / f"{dataset}.parquet", shards_root / dataset
     if not path.is_file() or not (folder / INDEX_NAME).is_file():
         raise PlanktonDataError(
@@ -340,10 +284,10 @@ def _load(dataset: str, shards_root: Path, manifests_root: Path) -> _Source:
     if table.num_rows != index.total or not set(pc.unique(table.column("shard")).to_pylist()) <= tars:
         raise PlanktonDataError(f"{path} and {folder / INDEX_NAME} disagree: re-ingest {dataset}")
     digest = hashlib.sha256((folder / INDEX_NAME).read_bytes() + path.read_bytes()).hexdigest()
-    return _Source(dataset, table, index, digest)
+    return Source(dataset, table, index, digest)
 
 
-def _check_encoding(sources: dict[str, _Source]) -> None:
+def _check_encoding(sources: dict[str, Source]) -> None:
     first = next(iter(sources.values()))
     for s in sources.values():
         if s.encoding() != first.encoding():
@@ -353,91 +297,7 @@ def _check_encoding(sources: dict[str, _Source]) -> None:
             )
 
 
-def _select(
-    sources: dict[str, _Source],
-    refs: dict[str, _Source],
-    taxa: list[SharedTaxon],
-    drop_duplicates: bool,
-    all_splits: bool,
-) -> _Selection:
-    """Steps 1b-4 of the module docstring, vectorised over ``pixel_sha256``."""
-    sel = _Selection(sources)
-    if not all_splits:
-        _apply_split_rules(sources, sel)
-    shared = {normalize_label(n): t for t in taxa for n in (t.daplankton, *t.syke_ifcb)}
-    why = {label: f"taxon shared with DAPlankton {t.daplankton} ({t.confidence})" for label, t in shared.items()}
-    for d, s in sources.items():
-        live = sel.rows(d)
-        labels = s.table.column("label").take(pa.array(live))
-        hit = np.flatnonzero(pc.is_in(labels, value_set=pa.array(list(why), pa.string())).to_numpy())
-        sel.remove(d, live[hit], "shared_taxon", [why[label] for label in labels.take(pa.array(hit)).to_pylist()])
-    excluded = [  # every excluded image, in registry order then manifest order: the first match is named
-        refs[d].table.select(["key", "pixel_sha256"])
-        if d in refs
-        else sources[d].table.select(["key", "pixel_sha256"]).take(pa.array(sel.rows(d, "shared_taxon")))
-        for d in DATASET_IDS
-        if d in refs or d in sources
-    ]
-    gone = pa.concat_tables(excluded).combine_chunks()
-    for d, s in sources.items():
-        live = sel.rows(d)
-        match = pc.index_in(s.table.column("pixel_sha256").take(pa.array(live)), value_set=_array(gone, "pixel_sha256"))
-        hit = pc.is_valid(match).to_numpy()
-        excluded_keys = _keys(gone, pc.filter(match, pa.array(hit)).to_numpy())
-        sel.remove(d, live[hit], "leak", [f"pixels identical to excluded image {k}" for k in excluded_keys])
-        sel.leaks += zip(_keys(s.table, live[hit]), excluded_keys, strict=True)
-    _find_duplicates(sources, sel, drop_duplicates)
-    return sel
-
-
-def _apply_split_rules(sources: dict[str, _Source], sel: _Selection) -> None:
-    """Step 1b: remove the rows whose ``split`` is not among their dataset's ``pretrain_splits``."""
-    for d, s in sources.items():
-        info = get_adapter(d).info
-        if info.pretrain_splits is None:
-            continue
-        splits = s.table.column("split")
-        hit = np.flatnonzero(pc.invert(pc.is_in(splits, value_set=pa.array(info.pretrain_splits))).to_numpy())
-        keeps = "/".join(info.pretrain_splits)
-        sel.remove(
-            d,
-            hit,
-            "split_rule",
-            [
-                f"split {x!r}: only {keeps} is pretraining data ({info.pretrain_why})"
-                for x in splits.take(pa.array(hit)).to_pylist()
-            ],
-        )
-
-
-def _split_rule_text(dataset: str) -> str:
-    info = get_adapter(dataset).info
-    return f"keeps only split {'/'.join(info.pretrain_splits or ())}: {info.pretrain_why}"
-
-
-def _find_duplicates(sources: dict[str, _Source], sel: _Selection, drop: bool) -> None:
-    """Step 4: group the rows still kept by ``pixel_sha256``; the first of a group (registry, then manifest
-    order) is kept, and every row of the group from another dataset is a duplicate of it."""
-    live = {d: sel.rows(d) for d in sources}
-    kept = pa.concat_tables(
-        [s.table.select(["key", "pixel_sha256"]).take(pa.array(live[d])) for d, s in sources.items()]
-    )
-    ids = _array(kept, "pixel_sha256").dictionary_encode().indices.to_numpy()
-    owner = np.repeat(np.arange(len(sources)), [len(v) for v in live.values()])
-    keeper = np.unique(ids, return_index=True)[1][ids]  # position of the first row with the same pixels
-    dup = np.flatnonzero(owner != owner[keeper])
-    bases = np.cumsum([0] + [len(v) for v in live.values()])
-    for k, d in enumerate(sources):
-        mine = dup[owner[dup] == k]
-        pairs = list(zip(_keys(kept, mine), _keys(kept, keeper[mine]), strict=True))
-        sel.duplicates += pairs
-        if drop:
-            sel.remove(
-                d, live[d][mine - bases[k]], "duplicate", [f"pixels identical to {b}, which is kept" for _, b in pairs]
-            )
-
-
-def _shuffle(sources: dict[str, _Source], sel: _Selection, seed: int, per_shard: int) -> tuple[pa.Table, np.ndarray]:
+def _shuffle(sources: dict[str, Source], sel: Selection, seed: int, per_shard: int) -> tuple[pa.Table, np.ndarray]:
     """All input rows, and the kept ones (global row numbers) permuted by ``seed`` and cut to whole shards."""
     combined = pa.concat_tables([s.table for s in sources.values()])
     bases = np.cumsum([0] + [s.table.num_rows for s in sources.values()])
@@ -460,8 +320,8 @@ def _stage_tables(
     order: np.ndarray,
     layout: Layout,
     plan: str,
-    sources: dict[str, _Source],
-    sel: _Selection,
+    sources: dict[str, Source],
+    sel: Selection,
     manifest_path: Path,
     removed_path: Path,
 ) -> tuple[float, float, dict[str, list[float]]]:
@@ -469,7 +329,7 @@ def _stage_tables(
     and the same per source dataset."""
     manifest = _output_manifest(combined, order, layout, plan)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(_removed_table(sources, sel), partial_path(removed_path), compression="zstd")
+    pq.write_table(removed_table(sources, sel), partial_path(removed_path), compression="zstd")
     # LZ4 and dictionaries only where values repeat: 40 ms instead of 76 ms for 40k rows, 1.9x the size of zstd
     pq.write_table(manifest, partial_path(manifest_path), compression="lz4", use_dictionary=_DICTIONARY_COLUMNS)
     return (*pixel_stats(manifest), dataset_pixel_stats(manifest))
@@ -488,22 +348,6 @@ def _output_manifest(combined: pa.Table, order: np.ndarray, layout: Layout, plan
     return out.replace_schema_metadata({**SHARDSET_SCHEMA.metadata, b"plankton_plan": plan.encode()})
 
 
-def _removed_table(sources: dict[str, _Source], sel: _Selection) -> pa.Table:
-    parts = []
-    for d, s in sources.items():
-        rows = np.flatnonzero(sel.fates[d])
-        picked = s.table.take(pa.array(rows))
-        columns = {
-            "key": picked.column("key"),
-            "dataset": pa.array([d] * len(rows), pa.string()),
-            "label_raw": picked.column("label_raw"),
-            "reason": pa.array(np.array(REASONS, object)[sel.fates[d][rows] - 1], pa.string()),
-            "detail": pa.array(sel.details[d][rows], pa.string()),
-        }
-        parts.append(pa.table(columns, schema=REMOVED_SCHEMA))
-    return pa.concat_tables(parts)
-
-
 def _commit(staging: Path, final: Path, index: ShardIndex, staged: list[Path]) -> None:
     """index.json into staging (the folder's commit marker), swap the folder in, then rename the staged Parquet
     files in order. Nothing is fsynced but index.json (by :func:`write_index`): see docs/shardsets.md."""
@@ -513,20 +357,3 @@ def _commit(staging: Path, final: Path, index: ShardIndex, staged: list[Path]) -
     swap_in(staging, final, index.args["plan"])
     for path in staged:
         os.replace(partial_path(path), path)
-
-
-def _array(table: pa.Table, column: str) -> pa.Array:
-    return table.column(column).combine_chunks()
-
-
-def _keys(table: pa.Table, rows: np.ndarray) -> list[str]:
-    return table.column("key").take(pa.array(rows, pa.int64())).to_pylist()
-
-
-def _taxa_removed(sources: dict[str, _Source], sel: _Selection) -> dict[str, dict[str, int]]:
-    out = {}
-    for d, s in sources.items():
-        labels = s.table.column("label_raw").take(pa.array(sel.rows(d, "shared_taxon"), pa.int64())).to_pylist()
-        if labels:
-            out[d] = dict(sorted(Counter(labels).items()))
-    return out
