@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 console = Console(stderr=True)  # progress, warnings and errors
 out = Console()  # results
@@ -45,7 +45,7 @@ class RichProgress:
             console=console,
             transient=True,
         )
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self._t0 = 0.0
         self._first = 0
 

@@ -48,10 +48,10 @@ def sample_table(folder: Path, index: ShardIndex, manifest: Path | None = None) 
     folder = Path(folder)
     resized = []
     for info in index.shards:
-        path = folder / info.name
-        if not path.is_file():
-            raise SchemaError(f"{path} is listed in {folder}/index.json but missing")
-        if path.stat().st_size != info.bytes:
+        tar = folder / info.name
+        if not tar.is_file():
+            raise SchemaError(f"{tar} is listed in {folder}/index.json but missing")
+        if tar.stat().st_size != info.bytes:
             resized.append(info.name)
     if resized:  # a damaged copy: the manifest's offsets may point past the end; read what is there
         log.warning("%s: %s differ in size from index.json; scanning tar headers", folder, ", ".join(resized))

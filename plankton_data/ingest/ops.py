@@ -61,7 +61,7 @@ def remove_zooprocess_legend(gray: np.ndarray, footer: int = ZOOPROCESS_FOOTER_P
     mask = (gray < dark).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     top = h - footer
-    legend = np.zeros_like(mask)
+    legend: np.ndarray = np.zeros_like(mask)
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_TOP] >= top:
             legend[labels == i] = 1
@@ -73,9 +73,11 @@ def remove_zooprocess_legend(gray: np.ndarray, footer: int = ZOOPROCESS_FOOTER_P
 
 
 #: Row ``m``: the 256 gray values ordered by distance from ``m`` (ties: below before above).
-_BY_DISTANCE = np.array(
-    [sorted(range(256), key=lambda v, m=m: (abs(v - m), v > m)) for m in range(256)], dtype=np.int64
-)
+def _by_distance(m: int) -> list[int]:
+    return sorted(range(256), key=lambda v: (abs(v - m), v > m))
+
+
+_BY_DISTANCE = np.array([_by_distance(m) for m in range(256)], dtype=np.int64)
 
 
 def edge_background(gray: np.ndarray, closest_fraction: float = 0.2) -> tuple[int, float]:

@@ -209,7 +209,7 @@ def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: I
                 loc = writer.add(out.row["key"], {out.row["image_format"]: out.image, "json": out.meta_json})
                 image_loc = loc[out.row["image_format"]]
                 rows.append(dict(out.row, shard=f"{dataset}/{name}", offset=image_loc.offset, length=image_loc.length))
-    info = writer.info
+    info = writer.close()  # closed already on leaving the block: returns its ShardInfo
     sidecar = to_table(rows).replace_schema_metadata(
         {
             "shard": json.dumps(asdict(info)),

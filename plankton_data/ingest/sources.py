@@ -65,7 +65,7 @@ class _Slice(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
         n = max(0, min(len(buf), self._len - self._pos))
         self._fh.seek(self._start + self._pos)
         data = self._fh.read(n)

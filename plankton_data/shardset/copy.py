@@ -205,7 +205,9 @@ def check_sources(layout: Layout, tars: SourceTars) -> None:
     Source tars are checked in parallel."""
     views = [tars.view(s.tar) for s in layout.samples]
     with ThreadPoolExecutor(_WORKERS) as pool:
-        found = pool.map(lambda sv: _check_tar(*sv, layout.image_format), zip(layout.samples, views, strict=True))
+        found = pool.map(
+            lambda sv: _check_tar(sv[0], sv[1], layout.image_format), zip(layout.samples, views, strict=True)
+        )
         problem = next((p for p in found if p), None)
     if problem:
         raise PlanktonDataError(problem)
@@ -246,7 +248,7 @@ def _octal(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     value = np.zeros(len(fields), np.int64)
     for k in range(fields.shape[1]):
         value = value * 8 + digits[:, k]
-    return value, (digits < 8).all(axis=1)
+    return value, np.asarray((digits < 8).all(axis=1))
 
 
 def _padded(size: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ from plankton_data.ingest.adapters.syke_zooscan import SykeZooScan
 from plankton_data.ingest.adapters.ude_diatoms import UdeDiatoms
 from plankton_data.ingest.adapters.zoolake import ZooLake
 
-_ADAPTERS: tuple[type, ...] = (Kaggle, ZooLake, SykeZooScan, Pmid2019, SykeIfcb, UdeDiatoms, DAPlankton)
-ADAPTERS: dict[str, type] = {}
+_ADAPTERS: tuple[type[DatasetAdapter], ...] = (Kaggle, ZooLake, SykeZooScan, Pmid2019, SykeIfcb, UdeDiatoms, DAPlankton)
+ADAPTERS: dict[str, type[DatasetAdapter]] = {}
 for _cls in _ADAPTERS:
     if _cls.info.id in ADAPTERS:
         raise RuntimeError(f"duplicate dataset id {_cls.info.id}")
@@ -35,6 +35,7 @@ def get_adapter(dataset: str) -> DatasetAdapter:
 
 
 def list_adapters() -> list[AdapterInfo]:
+    """Static facts of every registered dataset, in registry order."""
     return [cls.info for cls in ADAPTERS.values()]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from plankton_data.ingest.sources import Member, RawTree, is_image
 
@@ -84,7 +84,7 @@ class Scan:
 
 
 class DatasetAdapter(Protocol):
-    info: ClassVar[AdapterInfo]
+    info: AdapterInfo
 
     def scan(self, tree: RawTree) -> Scan:
         """Describe every sample under ``tree``; reject/skip the rest with reasons."""

@@ -52,10 +52,8 @@ class Pmid2019:
         scan = Scan()
         xmls = {hit.group(1): m for m in tree.members if (hit := _XML.search(m.path))}
         split_of: dict[str, str] = {}
-        for m in sorted(
-            (m for m in tree.members if _SETS.search(m.path)), key=lambda m: m.path.endswith("trainval.txt")
-        ):
-            split = _SETS.search(m.path).group(1)
+        lists = [(m, hit.group(1)) for m in tree.members if (hit := _SETS.search(m.path))]
+        for m, split in sorted(lists, key=lambda item: item[0].path.endswith("trainval.txt")):
             for stem in tree.read(m).decode("utf-8", "replace").split():
                 split_of.setdefault(stem, split)
         for member, _ in match_images(tree, _IMAGE, scan, _META):

@@ -60,16 +60,16 @@ class UdeDiatoms:
         seen = set()
         for member, _ in match_images(tree, _IMAGE, scan, _META):
             name = PurePosixPath(member.path).name
-            row = rows.get(name)
-            if row is None:
+            found = rows.get(name)
+            if found is None:
                 scan.reject(member.path, "image has no row in the annotation CSV")
                 continue
             seen.add(name)
-            label = resolve_label(row)
+            label = resolve_label(found)
             if not label:
                 scan.reject(member.path, "CSV row has neither species nor genus", "")
                 continue
-            meta = {k: row[k] for k in KEPT_COLUMNS if row.get(k) not in (None, "")}
+            meta = {k: found[k] for k in KEPT_COLUMNS if found.get(k) not in (None, "")}
             scan.records.append(RawRecord(member.path, member, label, instrument=self.info.instrument, meta=meta))
         for name in sorted(set(rows) - seen):
             scan.reject(f"csv:{name}", "CSV row whose image file is missing", resolve_label(rows[name]))
