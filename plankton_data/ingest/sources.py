@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from plankton_data.errors import CorruptArchive, MissingRawData
 
@@ -48,7 +49,7 @@ class Member:
 class _Slice(io.RawIOBase):
     """A read-only window ``[start, start + length)`` of a seekable file: a stored inner zip, read in place."""
 
-    def __init__(self, fh: io.BufferedReader, start: int, length: int) -> None:
+    def __init__(self, fh: IO[bytes], start: int, length: int) -> None:
         self._fh, self._start, self._len, self._pos = fh, start, length, 0
 
     def readable(self) -> bool:
@@ -74,7 +75,7 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def _stored_data_offset(fh: io.BufferedReader, info: zipfile.ZipInfo) -> int:
+def _stored_data_offset(fh: IO[bytes], info: zipfile.ZipInfo) -> int:
     """Absolute offset of a member's data: after its local header, whose extra field may differ."""
     fh.seek(info.header_offset)
     header = fh.read(30)
@@ -96,7 +97,7 @@ class RawTree:
         self.root = Path(root)
         self._archives: list[zipfile.ZipFile] = []
         self._fds: list[int] = []
-        self._files: list[io.IOBase] = []
+        self._files: list[IO[bytes]] = []
         self.members: list[Member] = []
         if not self.root.exists():
             raise MissingRawData(f"--raw path {self.root} does not exist")
@@ -141,7 +142,7 @@ class RawTree:
             else:
                 self.members.append(Member(mpath, info.file_size, index, info.filename))
 
-    def _open_nested(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, parent) -> io.IOBase:
+    def _open_nested(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, parent: IO[bytes]) -> IO[bytes]:
         if info.compress_type == zipfile.ZIP_STORED:
             return io.BufferedReader(_Slice(parent, _stored_data_offset(parent, info), info.file_size), 1 << 20)
         spool = tempfile.SpooledTemporaryFile(max_size=256 << 20)
