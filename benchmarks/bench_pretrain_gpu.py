@@ -65,9 +65,7 @@ def run(args: argparse.Namespace, model: str, batch: int, eff_batch: int, steps:
         )
         run_pretrain(cfg, on_event=lambda r: records.append(r) if r["event"] == "log" else None)
     timed = records[1:] or records
-    return {
-        key: statistics.median(r[key] for r in timed) for key in ("images_per_s", "data_wait", "gpu_mem_gb")
-    }
+    return {key: statistics.median(r[key] for r in timed) for key in ("images_per_s", "data_wait", "gpu_mem_gb")}
 
 
 def main() -> int:

@@ -122,9 +122,7 @@ def shard_set(work: Path, name: str, datasets: list[str]) -> Path:
     return work / "shards" / name
 
 
-def pretrain(
-    work: Path, shards: Path, model: str, steps: int, normalization: str, workers: int
-) -> tuple[Path, float]:
+def pretrain(work: Path, shards: Path, model: str, steps: int, normalization: str, workers: int) -> tuple[Path, float]:
     encoder = work / "pretrain" / "encoder"
     timing = work / "pretrain" / "bench_timing.json"
     stamp = {"shards": read_index(shards).to_json(), "steps": steps, "model": model, "normalization": normalization}
@@ -221,8 +219,7 @@ def main() -> None:
             "",
             (work / "report" / "accuracy.md").read_text(),
             f"Per fold (test accuracy): {per_fold}",
-            f"Mean gain {(mae - rnd).mean() * 100:+.1f} points; MAE ahead on {(mae > rnd).sum()} of "
-            f"{len(wide)} folds.",
+            f"Mean gain {(mae - rnd).mean() * 100:+.1f} points; MAE ahead on {(mae > rnd).sum()} of {len(wide)} folds.",
             f"Pretraining: {args.pretrain_steps} steps x 256 images in {pretrain_s:.0f} s; fine-tuning runs: "
             f"{results['seconds'].sum():.0f} s in total; wall {time.perf_counter() - t0:.0f} s.",
             f"Recipe: {json.dumps(asdict(recipe))}",
