@@ -29,3 +29,11 @@ class CorruptArchive(PlanktonDataError):
 
 class SchemaError(PlanktonDataError):
     """A manifest or shard index that does not match the schema this version writes."""
+
+
+class OutputLocked(PlanktonDataError):
+    """Another process is writing the same output (see :func:`plankton_data.format.lock.output_lock`)."""
+
+
+class MemberTooLarge(PlanktonDataError):
+    """An archive member or file over the size limit of an ingest run (``--max-member-mb``)."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from plankton_data.audit.stats import dataset_order, resolve_target
 from plankton_data.errors import PlanktonDataError
+from plankton_data.format import atomic
 from plankton_data.format.manifest import read_manifest
 
 _LABEL_W = 220  # px of the name column
@@ -41,6 +42,8 @@ def contact_sheet(
     Raises:
         PlanktonDataError: nothing to show, or a sample that cannot be read or decoded.
     """
+    if seed < 0:
+        raise PlanktonDataError(f"seed must be 0 or more (numpy seeds are non-negative), not {seed}")
     found = resolve_target(target, shards_root, manifests_root)
     table = read_manifest(found.manifest)
     if table.num_rows == 0 or per_dataset < 1:
@@ -82,8 +85,6 @@ def _write_png(img: np.ndarray, path: Path) -> Path:
     ok, buf = cv2.imencode(".png", img)
     if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
         raise PlanktonDataError(f"cannot encode {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+    if path.is_dir():
+        raise PlanktonDataError(f"--out {path} is a folder: give the path of the PNG file to write")
+    return atomic.write_bytes(path, buf.tobytes())  # no temp file is left behind if the write fails

@@ -1,7 +1,8 @@
 """The ``plankton-data`` command line: a thin Typer/Rich layer over the library.
 
 Every command calls one library function and renders its result. Errors the user can fix
-(:class:`~plankton_data.errors.PlanktonError`) become one red line and exit status 1; set
+(:class:`~plankton_data.errors.PlanktonError`) and errors of the environment (``OSError``: disk full, read-only
+or missing folders, permissions) become one red line and exit status 1; set
 ``PLANKTON_DEBUG=1`` to see the traceback instead. A command that ends with ``typer.Exit(n)`` (``verify``
 with problems) exits with ``n``.
 """
@@ -167,6 +168,13 @@ def demo_cmd(
 shard_cli.register(app)
 
 
+def os_error_line(exc: OSError) -> str:
+    """``<strerror>: <filename>`` (``-> <filename2>`` for a rename) of an OSError, without errno or traceback."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{text}: {' -> '.join(names)}" if names else text
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, non-zero exit, no tracebacks (unless PLANKTON_DEBUG=1)."""
     try:
@@ -175,6 +183,11 @@ def main() -> None:
         if os.environ.get("PLANKTON_DEBUG"):
             raise
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:  # the environment: disk full, read-only, permissions, a file where a folder goes
+        if os.environ.get("PLANKTON_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] finished shards are kept; rerun the same command to resume")

@@ -40,7 +40,7 @@ def shard_cmd(
         typer.Option("--exclude", "-x", help="Dataset to leave out (repeat); daplankton gives the no-daplankton set."),
     ] = None,
     samples_per_shard: Annotated[int, typer.Option(min=1, help="Samples in every tar (all hold exactly this).")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the global shuffle.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the global shuffle.")] = 0,
     keep_shared_taxa: Annotated[
         bool, typer.Option("--keep-shared-taxa", help="With daplankton excluded, keep the taxa it shares with SYKE.")
     ] = False,
@@ -205,7 +205,7 @@ def preview_cmd(
     out_file: Annotated[Path, typer.Option("--out", help="PNG to write.")],
     per_dataset: Annotated[int, typer.Option(min=1, help="Samples per dataset row.")] = 8,
     tile: Annotated[int, typer.Option(min=16, help="Tile side in pixels.")] = 128,
-    seed: Annotated[int, typer.Option(help="Seed of the sample choice.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the sample choice.")] = 0,
     shards: ShardsOpt = Path("shards"),
     manifests: ManifestsOpt = Path("manifests"),
 ) -> None:

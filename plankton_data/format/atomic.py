@@ -47,9 +47,17 @@ def atomic_path(path: Path, *, fsync: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         commit(tmp, path, fsync=fsync)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        name_target(exc, path)
         raise
+
+
+def name_target(exc: BaseException, path: Path) -> None:
+    """Give an ``OSError`` raised by a plain write (disk full: no file name) the path it was writing, so the
+    CLI's one-line message says where (``No space left on device: manifests/kaggle.parquet``)."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> Path:

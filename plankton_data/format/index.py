@@ -107,7 +107,11 @@ def swap_in(staging: Path, final: Path, tag: str) -> None:
         old = final.with_name(f".{final.name}.old-{tag}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-        os.replace(staging, final)
+        try:
+            os.replace(staging, final)
+        except BaseException:
+            os.replace(old, final)  # put the previous folder back under its name
+            raise
         shutil.rmtree(old)
     else:
         os.replace(staging, final)

@@ -125,9 +125,14 @@ class TarShardWriter:
         if self.info is not None:
             return self.info
         end = self._pos + 2 * BLOCK
-        self._write(b"\0" * (2 * BLOCK + (-end % RECORD)))
-        self._fh.close()
-        atomic.commit(self._tmp, self.path)
+        try:
+            self._write(b"\0" * (2 * BLOCK + (-end % RECORD)))
+            self._fh.close()
+            atomic.commit(self._tmp, self.path)
+        except BaseException as exc:  # disk full on the last blocks or the fsync: no partial file stays
+            self.abort()
+            atomic.name_target(exc, self.path)
+            raise
         self.info = ShardInfo(name=self.path.name, count=self.count, bytes=self._pos, sha256=self._sha.hexdigest())
         return self.info
 
@@ -144,6 +149,7 @@ class TarShardWriter:
             self.close()
         else:
             self.abort()
+            atomic.name_target(exc, self.path)
 
 
 def padded(size: int) -> int:

@@ -33,6 +33,7 @@ from plankton_data import __version__
 from plankton_data.compat import batched
 from plankton_data.errors import MissingRawData
 from plankton_data.format.index import ShardIndex, ShardInfo, manifest_ref, swap_in, write_index
+from plankton_data.format.lock import output_lock
 from plankton_data.format.manifest import (
     MANIFEST_SCHEMA,
     REJECTS_SCHEMA,
@@ -43,7 +44,7 @@ from plankton_data.format.manifest import (
 )
 from plankton_data.format.tar import TarShardWriter
 from plankton_data.ingest.adapters import get_adapter
-from plankton_data.ingest.adapters.base import Reject, Scan
+from plankton_data.ingest.adapters.base import DatasetAdapter, Reject, Scan
 from plankton_data.ingest.preprocess import (
     PREPROCESS_VERSION,
     Failure,
@@ -103,6 +104,21 @@ def ingest(
         raise ValueError(f"image format must be jpg or png, not {config.image_format!r}")
     adapter = get_adapter(dataset)
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
+    with output_lock(shards_root / dataset):  # one writer per dataset folder: refused at once, never waits
+        return _ingest(dataset, adapter, raw, shards_root, manifests_root, config, workers, records_per_shard, progress)
+
+
+def _ingest(
+    dataset: str,
+    adapter: DatasetAdapter,
+    raw: Path | str,
+    shards_root: Path,
+    manifests_root: Path,
+    config: PreprocessConfig,
+    workers: int,
+    records_per_shard: int,
+    progress: ProgressFn | None,
+) -> IngestReport:
     start = time.perf_counter()
     # Big inputs: start the worker processes now, so their start-up overlaps the layout scan.
     early = workers > 1 and _input_bytes(Path(raw)) > _EARLY_POOL_BYTES

@@ -54,6 +54,7 @@ from plankton_data import __version__
 from plankton_data.errors import PlanktonDataError, SchemaError
 from plankton_data.format.atomic import partial_path
 from plankton_data.format.index import INDEX_NAME, ShardIndex, manifest_ref, read_index, swap_in, write_index
+from plankton_data.format.lock import output_lock
 from plankton_data.format.manifest import (
     MANIFEST_SCHEMA,
     SHARDSET_SCHEMA,
@@ -162,90 +163,97 @@ def build_shard_set(
     start = time.perf_counter()
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
     included, excluded = _resolve(name, include, exclude, manifests_root, samples_per_shard)
-    sources = {d: _load(d, shards_root, manifests_root) for d in included}
-    refs = {d: _load(d, shards_root, manifests_root) for d in excluded if (manifests_root / f"{d}.parquet").is_file()}
-    # the disk reads the source tars while the rows are selected and laid out (after the manifests: not behind)
-    prefetch_files([shards_root / d / i.name for d, s in sources.items() for i in s.index.shards])
-    notes = [f"leak guard: {d} is not ingested, so its images were not compared" for d in excluded if d not in refs]
-    _check_encoding(sources)
-    taxa = load_shared_taxa(uncertain_taxa) if drop_class_overlap and "daplankton" in excluded else []
-    args = {
-        "include": included,
-        "exclude": excluded,
-        "samples_per_shard": samples_per_shard,
-        "seed": seed,
-        "drop_class_overlap": drop_class_overlap,
-        "uncertain_taxa": uncertain_taxa,
-        "drop_duplicates": drop_duplicates,
-        "all_splits": all_splits,
-        "shared_taxa": [t.daplankton for t in taxa],
-        "sources": {d: s.digest for d, s in sorted({**sources, **refs}.items())},
-    }
-    plan = hashlib.sha256(json.dumps([name, args, __version__], sort_keys=True).encode()).hexdigest()[:12]
-    sel = select(sources, refs, taxa, drop_duplicates, all_splits)
-    combined, order = _shuffle(sources, sel, seed, samples_per_shard)
-    args["plan"] = plan
-    args["removed"] = {r: sum(sel.counts(r).values()) for r in REASONS}
-    first = next(iter(sources.values())).index
-    manifest_path, removed_path = manifests_root / f"{name}.parquet", manifests_root / f"{name}.removed.parquet"
-    staging = shards_root / f".{name}.staging-{plan}"
-    sizes = {f"{d}/{i.name}": i.bytes for d, s in sources.items() for i in s.index.shards}
-    with SourceTars(shards_root, sizes) as tars, ThreadPoolExecutor(1) as side:
-        layout = plan_layout(combined, order, tars, name, samples_per_shard, first.image_format)
-        staged = side.submit(_stage_tables, combined, order, layout, plan, sources, sel, manifest_path, removed_path)
-        try:
-            check_sources(layout, tars)  # before anything is written
-            staging.mkdir(parents=True, exist_ok=True)
-            infos, resumed = write_tars(staging, layout, tars, progress)
-            mean, std, dataset_stats = staged.result()
-        except BaseException:
-            staged.exception()  # wait for the side thread, then drop what it wrote
-            for path in (manifest_path, removed_path):
-                partial_path(path).unlink(missing_ok=True)
-            raise
-    index = ShardIndex(
-        name=name,
-        kind="shardset",
-        image_format=first.image_format,
-        size=first.size,
-        total=len(order),
-        mean=mean,
-        std=std,
-        dataset_stats=dataset_stats,
-        shards=infos,
-        manifest=manifest_ref(shards_root / name, manifest_path),
-        args=args,
-        version=__version__,
-    )
-    _commit(staging, shards_root / name, index, [removed_path, manifest_path])
-    return ShardSetReport(
-        name=name,
-        shard_dir=shards_root / name,
-        manifest=manifest_path,
-        removed_path=removed_path,
-        included=included,
-        excluded=excluded,
-        inputs={d: s.table.num_rows for d, s in sources.items()},
-        kept={d: len(sel.rows(d)) for d in sources},
-        removed={r: sel.counts(r) for r in REASONS},
-        taxa_removed=taxa_removed(sources, sel),
-        split_rules={d: split_rule_text(d) for d in sel.counts("split_rule")},
-        shared_taxa=[t.daplankton for t in taxa],
-        leaks=sel.leaks,
-        duplicates=sel.duplicates,
-        remainder=[k for d, s in sources.items() for k in keys_of(s.table, sel.rows(d, "remainder"))],
-        excluded_rows={d: s.table.num_rows for d, s in refs.items()},
-        notes=notes,
-        shards=len(infos),
-        samples_per_shard=samples_per_shard,
-        total=len(order),
-        bytes=sum(i.bytes for i in infos),
-        seconds=time.perf_counter() - start,
-        mean=mean,
-        std=std,
-        plan=plan,
-        resumed_shards=resumed,
-    )
+    if seed < 0:
+        raise PlanktonDataError(f"seed must be 0 or more (numpy seeds are non-negative), not {seed}")
+    with output_lock(shards_root / name):  # one writer per set name: refused at once, never waits
+        sources = {d: _load(d, shards_root, manifests_root) for d in included}
+        refs = {
+            d: _load(d, shards_root, manifests_root) for d in excluded if (manifests_root / f"{d}.parquet").is_file()
+        }
+        # the disk reads the source tars while the rows are selected and laid out (after the manifests: not behind)
+        prefetch_files([shards_root / d / i.name for d, s in sources.items() for i in s.index.shards])
+        notes = [f"leak guard: {d} is not ingested, so its images were not compared" for d in excluded if d not in refs]
+        _check_encoding(sources)
+        taxa = load_shared_taxa(uncertain_taxa) if drop_class_overlap and "daplankton" in excluded else []
+        args = {
+            "include": included,
+            "exclude": excluded,
+            "samples_per_shard": samples_per_shard,
+            "seed": seed,
+            "drop_class_overlap": drop_class_overlap,
+            "uncertain_taxa": uncertain_taxa,
+            "drop_duplicates": drop_duplicates,
+            "all_splits": all_splits,
+            "shared_taxa": [t.daplankton for t in taxa],
+            "sources": {d: s.digest for d, s in sorted({**sources, **refs}.items())},
+        }
+        plan = hashlib.sha256(json.dumps([name, args, __version__], sort_keys=True).encode()).hexdigest()[:12]
+        sel = select(sources, refs, taxa, drop_duplicates, all_splits)
+        combined, order = _shuffle(sources, sel, seed, samples_per_shard)
+        args["plan"] = plan
+        args["removed"] = {r: sum(sel.counts(r).values()) for r in REASONS}
+        first = next(iter(sources.values())).index
+        manifest_path, removed_path = manifests_root / f"{name}.parquet", manifests_root / f"{name}.removed.parquet"
+        staging = shards_root / f".{name}.staging-{plan}"
+        sizes = {f"{d}/{i.name}": i.bytes for d, s in sources.items() for i in s.index.shards}
+        with SourceTars(shards_root, sizes) as tars, ThreadPoolExecutor(1) as side:
+            layout = plan_layout(combined, order, tars, name, samples_per_shard, first.image_format)
+            staged = side.submit(
+                _stage_tables, combined, order, layout, plan, sources, sel, manifest_path, removed_path
+            )
+            try:
+                check_sources(layout, tars)  # before anything is written
+                staging.mkdir(parents=True, exist_ok=True)
+                infos, resumed = write_tars(staging, layout, tars, progress)
+                mean, std, dataset_stats = staged.result()
+            except BaseException:
+                staged.exception()  # wait for the side thread, then drop what it wrote
+                for path in (manifest_path, removed_path):
+                    partial_path(path).unlink(missing_ok=True)
+                raise
+        index = ShardIndex(
+            name=name,
+            kind="shardset",
+            image_format=first.image_format,
+            size=first.size,
+            total=len(order),
+            mean=mean,
+            std=std,
+            dataset_stats=dataset_stats,
+            shards=infos,
+            manifest=manifest_ref(shards_root / name, manifest_path),
+            args=args,
+            version=__version__,
+        )
+        _commit(staging, shards_root / name, index, [removed_path, manifest_path])
+        return ShardSetReport(
+            name=name,
+            shard_dir=shards_root / name,
+            manifest=manifest_path,
+            removed_path=removed_path,
+            included=included,
+            excluded=excluded,
+            inputs={d: s.table.num_rows for d, s in sources.items()},
+            kept={d: len(sel.rows(d)) for d in sources},
+            removed={r: sel.counts(r) for r in REASONS},
+            taxa_removed=taxa_removed(sources, sel),
+            split_rules={d: split_rule_text(d) for d in sel.counts("split_rule")},
+            shared_taxa=[t.daplankton for t in taxa],
+            leaks=sel.leaks,
+            duplicates=sel.duplicates,
+            remainder=[k for d, s in sources.items() for k in keys_of(s.table, sel.rows(d, "remainder"))],
+            excluded_rows={d: s.table.num_rows for d, s in refs.items()},
+            notes=notes,
+            shards=len(infos),
+            samples_per_shard=samples_per_shard,
+            total=len(order),
+            bytes=sum(i.bytes for i in infos),
+            seconds=time.perf_counter() - start,
+            mean=mean,
+            std=std,
+            plan=plan,
+            resumed_shards=resumed,
+        )
 
 
 def _resolve(

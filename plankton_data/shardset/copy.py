@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
+from plankton_data.format.atomic import name_target
 from plankton_data.format.index import ShardInfo
 from plankton_data.format.tar import BLOCK, NAME_FIELD, SIZE_FIELD, end_of_archive, padded, parse_octal
 
@@ -309,6 +310,10 @@ def _write_tar(staging: Path, layout: Layout, i: int, views: list[memoryview]) -
             write_all(fd, bufs)
         finally:
             os.close(fd)
+    except BaseException as exc:  # disk full: no partial tar stays behind, and the message names the tar
+        tmp.unlink(missing_ok=True)
+        name_target(exc, path)
+        raise
     finally:
         bufs.clear()  # release the slices of the maps even when a traceback keeps this frame alive
     os.replace(tmp, path)

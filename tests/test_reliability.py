@@ -1,0 +1,177 @@
+"""Faults of the environment, of the input and of concurrent or killed runs, through the installed console script.
+
+Each test makes the fault real where this machine can: a file where a folder goes, a write into ``/dev/full``
+(ENOSPC), a folder the unprivileged user ``nobody`` may not write (EACCES), a second real process, a SIGKILL.
+What every one checks: one ``error:`` line and exit 1 (never a traceback), and nothing half-written under a
+final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+PD = Path(sys.executable).parent / "plankton-data"  # the installed console script, as users run it
+
+
+def cli(*args: str | Path, cwd: Path | None = None, user: int | None = None) -> subprocess.CompletedProcess:
+    argv = [str(PD), *map(str, args)]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    env = {k: v for k, v in os.environ.items() if k != "PLANKTON_DEBUG"}
+    return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def one_line_error(res: subprocess.CompletedProcess, *expected: str) -> str:
+    """The ``error:`` line of a failed run; fails unless it is one line, exit 1, no traceback."""
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text
+    assert "Traceback" not in text, text
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    for part in expected:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def partials(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*partial*"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``plankton-data demo``'s raw archives, shards and manifests (read-only for the tests: copy to damage)."""
+    out = tmp_path_factory.mktemp("demo")
+    res = cli("demo", "--out", out, "-w", "1")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+# --- environment errors: one line, exit 1 -------------------------------------------------------------------
+
+
+def test_a_file_where_a_folder_goes(demo, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    raw = demo / "raw" / "kaggle"
+    one_line_error(cli("ingest", "kaggle", "--raw", raw, "--shards", afile), "File exists", "afile")
+    one_line_error(cli("ingest", "kaggle", "--raw", raw, "--shards", afile / "sub"), "Not a directory", "afile/sub")
+    one_line_error(cli("demo", "--out", afile), "afile")
+    one_line_error(
+        cli("shard", "--name", "s", "--shards", demo / "shards", "--manifests", afile, "-i", "kaggle"), "afile"
+    )
+    assert afile.read_text() == "x"
+
+
+def test_disk_full_is_one_line_and_leaves_no_partial(demo, tmp_path):
+    """ENOSPC for real: the temp file the PNG is written under is a symlink to /dev/full."""
+    (tmp_path / ".sheet.png.partial").symlink_to("/dev/full")
+    line = one_line_error(cli("preview", demo / "shards" / "kaggle", "--out", tmp_path / "sheet.png"))
+    assert "No space left on device" in line and "sheet.png" in line
+    assert not (tmp_path / "sheet.png").exists() and partials(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as nobody")
+def test_permission_denied_is_one_line_and_leaves_no_partial(demo):
+    """EACCES for real: the commands run as the unprivileged user nobody on a folder only root may write."""
+    base = Path(tempfile.mkdtemp(prefix="plankton-eacces-"))
+    try:
+        base.chmod(0o755)
+        raw = base / "raw"
+        shutil.copytree(demo / "raw" / "kaggle", raw)
+        shutil.copytree(demo / "shards", base / "shards")
+        shutil.copytree(demo / "manifests", base / "manifests")
+        for path in (base, *base.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        nobody = 65534
+        denied = "Permission denied"
+        one_line_error(cli("ingest", "kaggle", "--raw", raw, "--shards", base / "new", user=nobody), denied)
+        roots = ("--shards", base / "shards", "--manifests", base / "manifests")
+        one_line_error(cli("ingest", "kaggle", "--raw", raw, *roots, user=nobody), denied)
+        one_line_error(cli("preview", base / "shards" / "kaggle", "--out", base / "sheet.png", user=nobody), denied)
+        one_line_error(cli("shard", "--name", "s", *roots, user=nobody), denied)
+        assert partials(base) == []
+        assert cli("verify", base / "shards" / "kaggle", user=nobody).returncode == 0
+    finally:
+        shutil.rmtree(base)
+
+
+def test_preview_out_folder_and_negative_seeds(demo, tmp_path):
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    one_line_error(cli("preview", demo / "shards" / "kaggle", "--out", folder), "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sheets"]  # no stray .sheets.partial
+    for args in (
+        ("preview", demo / "shards" / "kaggle", "--out", tmp_path / "p.png", "--seed", "-1"),
+        ("shard", "--name", "s", "--shards", demo / "shards", "--manifests", demo / "manifests", "--seed", "-1"),
+    ):
+        res = cli(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and "--seed" in res.stderr, res.stderr
+
+
+# --- locking: one writer per output --------------------------------------------------------------------------
+
+
+HOLD = """
+import sys, time
+from plankton_data.format.lock import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(target: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_of_the_same_output_is_refused_at_once(demo, tmp_path):
+    shards, manifests = tmp_path / "shards", tmp_path / "manifests"
+    shutil.copytree(demo / "shards", shards)
+    shutil.copytree(demo / "manifests", manifests)
+    for target, args in (
+        (shards / "kaggle", ("ingest", "kaggle", "--raw", demo / "raw" / "kaggle")),
+        (shards / "mix", ("shard", "--name", "mix", "-i", "kaggle", "-i", "zoolake", "--samples-per-shard", "4")),
+    ):
+        holder = _holder(target)
+        try:
+            start = time.monotonic()
+            res = cli(*args, "--shards", shards, "--manifests", manifests)
+            assert time.monotonic() - start < 20  # refused at once, not after waiting
+            line = one_line_error(res, "another plankton-data run", f"pid {holder.pid}", str(target), "wait for it")
+            assert "Traceback" not in line
+        finally:
+            holder.kill()
+            holder.wait()
+        # The holder was SIGKILLed: its lock file is still there, but the kernel released the lock.
+        assert (target.parent / f".{target.name}.lock").exists()
+        res = cli(*args, "--shards", shards, "--manifests", manifests)
+        assert res.returncode == 0, res.stderr
+        assert not (target.parent / f".{target.name}.lock").exists()  # a finished run removes its lock file
+    assert cli("verify", shards / "kaggle").returncode == 0 and cli("verify", shards / "mix").returncode == 0
+
+
+def test_two_concurrent_ingests_one_refused_the_other_intact(tmp_path):
+    """Two real ingests of the same dataset: the second stops with one line; the first's staging is untouched."""
+    from tests.test_ingest import _big_kaggle_zip
+
+    raw = _big_kaggle_zip(tmp_path / "train.zip", 1500)
+    args = ["ingest", "kaggle", "--raw", raw, "-w", "1", "--records-per-shard", "100", "--shards", tmp_path / "s"]
+    first = subprocess.Popen([str(PD), *map(str, args), "--manifests", tmp_path / "m"], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
+        time.sleep(0.05)
+    second = cli(*args, "--manifests", tmp_path / "m2")
+    one_line_error(second, "another plankton-data run", "is writing")
+    assert first.wait(120) == 0
+    assert cli("verify", tmp_path / "s" / "kaggle").returncode == 0
+    assert not (tmp_path / "m2" / "kaggle.parquet").exists()
