@@ -175,3 +175,50 @@ def test_two_concurrent_ingests_one_refused_the_other_intact(tmp_path):
     assert first.wait(120) == 0
     assert cli("verify", tmp_path / "s" / "kaggle").returncode == 0
     assert not (tmp_path / "m2" / "kaggle.parquet").exists()
+
+
+# --- ingest commits the dataset as one unit -------------------------------------------------------------------
+
+
+def _digests(*folders: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("obstacle", ["manifests is a file", "manifest name is a folder", "manifests on a full disk"])
+def test_a_failed_commit_leaves_the_previous_dataset_intact(demo, tmp_path, obstacle):
+    """A re-ingest at another size whose manifests cannot be written: the old tars and manifest stay, verified."""
+    shards, manifests = tmp_path / "shards", tmp_path / "manifests"
+    raw = demo / "raw" / "kaggle"
+    assert (
+        cli("ingest", "kaggle", "--raw", raw, "--shards", shards, "--manifests", manifests, "--size", "64").returncode
+        == 0
+    )
+    before = _digests(shards / "kaggle", manifests)
+    target = manifests
+    if obstacle == "manifests is a file":
+        target = tmp_path / "afile"
+        target.write_text("x")
+    elif obstacle == "manifest name is a folder":
+        (manifests / "kaggle.parquet").unlink()
+        (manifests / "kaggle.parquet" / "x").mkdir(parents=True)
+        before = _digests(shards / "kaggle", manifests)
+    else:  # ENOSPC for real: the manifest's temp file is a symlink to /dev/full
+        (manifests / ".kaggle.parquet.partial").symlink_to("/dev/full")
+    res = cli("ingest", "kaggle", "--raw", raw, "--shards", shards, "--manifests", target, "--size", "32")
+    one_line_error(res)
+    assert _digests(shards / "kaggle", manifests) == before  # the previous dataset, byte for byte
+    assert partials(manifests) == [] and partials(shards / "kaggle") == []
+    if obstacle != "manifest name is a folder":
+        assert cli("verify", shards / "kaggle").returncode == 0
+    # The finished shards wait in staging: a rerun with a writable --manifests only commits them.
+    shutil.rmtree(manifests)
+    res = cli("ingest", "kaggle", "--raw", raw, "--shards", shards, "--manifests", manifests, "--size", "32")
+    assert res.returncode == 0 and "resumed" in res.stdout, res.stdout + res.stderr
+    assert cli("verify", shards / "kaggle").returncode == 0

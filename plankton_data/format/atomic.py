@@ -34,8 +34,12 @@ def commit(tmp: Path, path: Path, *, fsync: bool = True) -> Path:
 
 
 @contextmanager
-def atomic_path(path: Path, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: Path, *, fsync: bool = True, rename: bool = True) -> Iterator[Path]:
     """Yield the temp path to write ``path`` under; commit it when the block ends, delete it if it raises.
+
+    ``rename=False`` stops after the fsync and leaves the finished temp file for the caller to rename later
+    (``commit(partial_path(path), path, fsync=False)``): how several files are committed together, written
+    first and renamed only once all of them are complete.
 
     Example::
 
@@ -46,7 +50,10 @@ def atomic_path(path: Path, *, fsync: bool = True) -> Iterator[Path]:
     tmp = partial_path(path)
     try:
         yield tmp
-        commit(tmp, path, fsync=fsync)
+        if rename:
+            commit(tmp, path, fsync=fsync)
+        elif fsync:
+            fsync_file(tmp)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         name_target(exc, path)

@@ -159,9 +159,13 @@ def dataset_pixel_stats(table: pa.Table) -> dict[str, list[float]]:
     return {d: list(pixel_stats(sums.filter(pc.equal(sums["dataset"], d)))) for d in sorted(datasets)}
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write Parquet atomically: a temp file in the same folder, fsync, then rename."""
-    with atomic.atomic_path(path) as tmp:
+def write_table(table: pa.Table, path: Path, *, rename: bool = True) -> None:
+    """Write Parquet atomically: a temp file in the same folder, fsync, then rename.
+
+    ``rename=False`` leaves the finished temp file (:func:`~plankton_data.format.atomic.partial_path`) for the
+    caller to rename when everything it commits together is written.
+    """
+    with atomic.atomic_path(path, rename=rename) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
 

@@ -7,14 +7,16 @@ number of workers.
 
 Atomicity and resume: shards are built in ``shards/.<dataset>.staging-<plan>/``. Each finished shard is a
 tar plus a ``.rows.parquet`` sidecar (its manifest rows, rejects and pixel sums), both renamed into place
-only when complete. A rerun of the same plan skips finished shards. At the end the staging folder gets its
-``index.json``, replaces ``shards/<dataset>/``, and the rejects list and the manifest are written last (the
-manifest is the commit marker).
+only when complete. A rerun of the same plan skips finished shards. At the end the dataset is committed as one unit: the
+rejects list and the manifest are written under temp names (``.<name>.partial``, so an unwritable or full
+``--manifests`` fails while the previous dataset is untouched), the staging folder gets its ``index.json`` and
+replaces ``shards/<dataset>/`` in one rename, and the two Parquet files are renamed into place right after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -32,6 +34,7 @@ import pyarrow.parquet as pq
 from plankton_data import __version__
 from plankton_data.compat import batched
 from plankton_data.errors import MissingRawData
+from plankton_data.format.atomic import commit, partial_path
 from plankton_data.format.index import ShardIndex, ShardInfo, manifest_ref, swap_in, write_index
 from plankton_data.format.lock import output_lock
 from plankton_data.format.manifest import (
@@ -247,30 +250,45 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
     manifest = pa.concat_tables(tables).cast(MANIFEST_SCHEMA) if tables else MANIFEST_SCHEMA.empty_table()
     mean, std = pixel_stats(manifest)
     manifest_path = manifests_root / f"{dataset}.parquet"
-    write_index(
-        ShardIndex(
-            name=dataset,
-            kind="dataset",
-            image_format=config.image_format,
-            size=config.size,
-            total=manifest.num_rows,
-            mean=mean,
-            std=std,
-            dataset_stats=dataset_pixel_stats(manifest),
-            shards=infos,
-            manifest=manifest_ref(shards_root / dataset, manifest_path),
-            args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
-            version=__version__,
-        ),
-        staging,
-    )
-    for name in names:
-        (staging / f"{name}.rows.parquet").unlink()
-    final = shards_root / dataset
-    swap_in(staging, final, plan)
     rejects_path = manifests_root / f"{dataset}.rejects.parquet"
-    write_table(to_table([dict(asdict(r), dataset=dataset) for r in rejects], REJECTS_SCHEMA), rejects_path)
-    write_table(manifest, manifest_path)
+    final = shards_root / dataset
+    staged = [rejects_path, manifest_path]  # renamed in this order once the folder is in: the manifest last
+    try:
+        # Both Parquet files first, under their temp names: a --manifests that is a file, read-only or full fails
+        # here, while the previous dataset (its tars and its manifest) is still untouched.
+        for path in staged:
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the manifest", str(path))
+        write_table(
+            to_table([dict(asdict(r), dataset=dataset) for r in rejects], REJECTS_SCHEMA), rejects_path, rename=False
+        )
+        write_table(manifest, manifest_path, rename=False)
+        write_index(
+            ShardIndex(
+                name=dataset,
+                kind="dataset",
+                image_format=config.image_format,
+                size=config.size,
+                total=manifest.num_rows,
+                mean=mean,
+                std=std,
+                dataset_stats=dataset_pixel_stats(manifest),
+                shards=infos,
+                manifest=manifest_ref(final, manifest_path),
+                args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
+                version=__version__,
+            ),
+            staging,
+        )
+        for name in names:
+            (staging / f"{name}.rows.parquet").unlink()
+        swap_in(staging, final, plan)  # the new folder, its index.json included, replaces the old in one rename
+    except BaseException:
+        for path in staged:
+            partial_path(path).unlink(missing_ok=True)
+        raise
+    for path in staged:
+        commit(partial_path(path), path, fsync=False)  # fsynced when written
     labels = manifest.column("label_raw").to_pylist()
     return IngestReport(
         dataset=dataset,
