@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -69,25 +70,46 @@ def _config_fields(cfg: PreprocessConfig) -> dict:
     return asdict(cfg)
 
 
-_BITGEN = np.random.PCG64(0)  # re-seeded per sample below; building a fresh Generator costs ~25 us
+# One bit generator per thread, re-seeded per sample below (building a fresh one costs ~25 us); per thread
+# because square_gray may run in threads (plankton-train predict), and a shared one would mix their streams.
+_LOCAL = threading.local()
 
 
 def _rng_for(key: str, seed: int) -> np.random.Generator:
     """A generator whose state is a pure function of ``(seed, key)``: output never depends on the worker."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    _BITGEN.state = {
+    bitgen = getattr(_LOCAL, "bitgen", None)
+    if bitgen is None:
+        bitgen = _LOCAL.bitgen = np.random.PCG64(0)
+    bitgen.state = {
         "bit_generator": "PCG64",
         "state": {"state": int.from_bytes(digest[:16], "little"), "inc": int.from_bytes(digest[16:32], "little") | 1},
         "has_uint32": 0,
         "uinteger": 0,
     }
-    return np.random.Generator(_BITGEN)
+    return np.random.Generator(bitgen)
+
+
+def square_gray(img: np.ndarray, *, key: str, size: int, seed: int = 0) -> np.ndarray:
+    """The pixels ingest stores for a decoded image: gray -> square on background-matched noise -> resize.
+
+    ``img`` is ``H x W`` or ``H x W x C`` (as cv2 decodes); returns ``size x size`` uint8 (``size=0`` keeps the
+    padded side). The padding noise is seeded from ``(seed, key)`` exactly as for a stored sample, so the same
+    key always gives the same pixels; ingest passes the sample key, ``plankton-train predict`` the sha256 of the
+    file. Dataset steps (legend removal, box crops) are not part of it: they come before, in :func:`process_task`.
+    """
+    return _square(ops.to_gray(img), key, size, seed)[0]
+
+
+def _square(gray: np.ndarray, key: str, size: int, seed: int) -> tuple[np.ndarray, int, float]:
+    """:func:`square_gray` on a gray image, plus the background ``(mode, std)`` it padded with."""
+    mode, std = ops.edge_background(gray)
+    square = ops.pad_to_square(gray, _rng_for(key, seed), background=(mode, std))
+    return ops.resize_square(square, size), mode, std
 
 
 def _finish(gray: np.ndarray, key: str, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
-    mode, std = ops.edge_background(gray)
-    square = ops.pad_to_square(gray, _rng_for(key, cfg.seed), background=(mode, std))
-    out = ops.resize_square(square, cfg.size)
+    out, mode, std = _square(gray, key, cfg.size, cfg.seed)
     return out, {"pad_mode": mode, "pad_std": round(std, 3), "pixel_sha256": pixel_sha256(gray)}
 
 
