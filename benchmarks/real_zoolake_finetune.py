@@ -39,13 +39,13 @@ import torch
 from plankton_data.errors import PlanktonDataError
 from plankton_data.format.index import read_index
 from plankton_data.format.manifest import read_manifest
-from plankton_train.experiment import Experiment, run_experiment
 from plankton_train.finetune import Recipe
 from plankton_train.models.classifier import EncoderSpec
 from plankton_train.models.mae import MODELS, MAEConfig
 from plankton_train.pretrain import PretrainConfig, run_pretrain
-from plankton_train.report import write_report
-from plankton_train.splits import SplitConfig, splits_from_manifest, write_splits
+from plankton_train.protocol.experiment import Experiment, run_experiment
+from plankton_train.protocol.report import write_report
+from plankton_train.protocol.splits import SplitConfig, splits_from_manifest, write_splits
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 RAW = {"zoolake": REALDATA / "lake_zooplankton" / "data.zip", "kaggle": REALDATA / "kaggle" / "train.zip"}
@@ -183,7 +183,7 @@ def main() -> None:
     splits = work / "splits" / "zoolake.parquet"
     if not splits.is_file():
         cfg = SplitConfig(seed=0)
-        write_splits(splits_from_manifest(work / "manifests" / "zoolake.parquet", cfg), splits, cfg)
+        write_splits(splits_from_manifest(work / "manifests" / "zoolake.parquet", cfg=cfg), splits, cfg=cfg)
     arch_args = {k: v for k, v in mae_cfg.timm_args().items() if k != "in_chans"}
     recipe = Recipe(
         epochs=args.epochs,
@@ -207,8 +207,8 @@ def main() -> None:
     )
     # one results folder per pretraining setting: a new encoder at the same path never mixes with old rows
     finetune_dir = work / "finetune" / f"{args.model}-{args.pretrain_steps}steps-{args.normalization}"
-    results = run_experiment(exp, finetune_dir)
-    write_report(finetune_dir / "results.csv", work / "report")
+    results = run_experiment(exp, out=finetune_dir)
+    write_report(finetune_dir / "results.csv", out=work / "report")
     wide = results.pivot_table(index="fold", columns="model", values="accuracy")
     mae, rnd = wide["mae_kaggle+zoolake"], wide["random_init"]
     per_fold = ", ".join(f"fold {k}: MAE {mae[k]:.3f} vs random {rnd[k]:.3f}" for k in wide.index)

@@ -32,7 +32,7 @@ def manifest_md() -> str:
 
 def cli_md() -> str:
     parts = []
-    for module, name in (("plankton_data.cli.main", "plankton-data"), ("plankton_train.cli", "plankton-train")):
+    for module, name in (("plankton_data.cli.main", "plankton-data"), ("plankton_train.cli.main", "plankton-train")):
         res = subprocess.run(
             [sys.executable, "-m", "typer", module, "utils", "docs", "--name", name],
             check=True,

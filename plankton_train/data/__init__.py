@@ -5,6 +5,7 @@ Public API: :class:`ShardStream` / :class:`StreamLoader` (pretraining stream), :
 """
 
 from plankton_train.data.augment import eval_transform, normalize, train_transform
-from plankton_train.data.stream import ShardStream, StreamError, StreamLoader
+from plankton_train.data.stream import ShardStream, StreamLoader
+from plankton_train.errors import StreamError
 
 __all__ = ["ShardStream", "StreamError", "StreamLoader", "eval_transform", "normalize", "train_transform"]

@@ -11,11 +11,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from plankton_data.errors import PlanktonDataError
-
-
-class CorruptSample(PlanktonDataError):
-    """Bytes that cannot be read or decoded into an image."""
+from plankton_train.errors import CorruptSample
 
 
 def decode_gray(data: bytes) -> np.ndarray:

@@ -18,19 +18,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from plankton_data.errors import PlanktonDataError
 from plankton_data.format.manifest import read_manifest
 from plankton_train.data.augment import eval_transform, train_transform
-from plankton_train.data.decode import CorruptSample, decode_gray
+from plankton_train.data.decode import decode_gray
+from plankton_train.errors import CorruptSample, LabelledDataError
 
 #: ``(img HxW uint8, rng) -> img SxS uint8``: the per-sample transform (augmentation or centre crop).
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 ROW_COLUMNS = ("key", "label", "shard", "offset", "length", "image_format")
-
-
-class LabelledDataError(PlanktonDataError):
-    """Keys missing from the manifest, an empty set, an unreadable image..."""
 
 
 @dataclass(frozen=True)
@@ -174,9 +170,7 @@ class LabelledImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(img))[None], int(self.targets[i])
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
-) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
     """A DataLoader that yields at least one batch for any non-empty dataset.
 
     ``drop_last`` is off and the batch is capped at the dataset size, so a 3-image 1 % training set gives one

@@ -39,20 +39,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from plankton_data.errors import PlanktonDataError, SchemaError
+from plankton_data.errors import SchemaError
 from plankton_data.format.index import read_index
 from plankton_data.format.samples import SampleTable, sample_table
 from plankton_train.data.augment import eval_transform, train_transform
-from plankton_train.data.decode import CorruptSample, decode_gray
+from plankton_train.data.decode import decode_gray
+from plankton_train.errors import CorruptSample, StreamError
 
 log = logging.getLogger(__name__)
 
 _MAX_OPEN = 64  # open shard file descriptors per worker (LRU)
 _AUG_TAG = 0x61756721  # separates the augmentation seed stream from the permutation stream
-
-
-class StreamError(PlanktonDataError):
-    """A shard folder the loader cannot use, or a loader state that does not fit the stream."""
 
 
 def batches_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:

@@ -44,9 +44,7 @@ class MAEConfig:
 
     def timm_args(self) -> dict:
         """Keyword arguments that make ``timm.create_model(arch, **args)`` build exactly this encoder."""
-        return dict(
-            img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans, **self.encoder_args
-        )
+        return dict(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans, **self.encoder_args)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (stored in checkpoints)."""
@@ -120,9 +118,7 @@ class MAE(nn.Module):
         """The timm ``VisionTransformer`` being pretrained (what gets exported)."""
         return self.backbone.vit
 
-    def predict(
-        self, images: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def predict(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Mask, encode, decode.
 
         Args:

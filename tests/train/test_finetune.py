@@ -17,25 +17,19 @@ from timm.models import save_for_hf
 
 from plankton_data.format.index import read_index
 from plankton_train.data.labelled import ClassMap
-from plankton_train.finetune import (
-    Cell,
-    FinetuneError,
-    Recipe,
-    finetune,
-    load_classifier,
-    predict_probs,
-    save_classifier,
-)
+from plankton_train.engine.finetune_loop import predict_probs
+from plankton_train.engine.optim import layer_decay_groups, set_lr
+from plankton_train.errors import FinetuneError, ModelInitError
+from plankton_train.finetune import Cell, Recipe, finetune
 from plankton_train.models.classifier import (
     EncoderSpec,
-    ModelInitError,
     build_classifier,
     build_encoder,
-    layer_decay_groups,
+    load_classifier,
+    save_classifier,
 )
-from plankton_train.optim import set_lr
 from plankton_train.pretrain import PretrainConfig, run_pretrain
-from plankton_train.splits import SplitConfig, splits_from_manifest, write_splits
+from plankton_train.protocol.splits import SplitConfig, splits_from_manifest, write_splits
 from tests.conftest import make_shard_folder
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=2)
@@ -53,7 +47,7 @@ def data(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("ft")
     folder = make_shard_folder(base, name="shapes", per_class=40, per_shard=50, seed=3)
     cfg = SplitConfig(seed=0)
-    path = write_splits(splits_from_manifest(folder.manifest, cfg), base / "splits.parquet", cfg)
+    path = write_splits(splits_from_manifest(folder.manifest, cfg=cfg), base / "splits.parquet", cfg=cfg)
     return folder, path
 
 
@@ -74,9 +68,7 @@ def test_layer_decay_scales_reach_the_optimiser_update() -> None:
     assert by_name["encoder.pos_embed"]["lr_scale"] == pytest.approx(0.75 ** (depth + 1))
     assert by_name["encoder.blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.75**depth)
     assert by_name[f"encoder.blocks.{depth - 1}.mlp.fc2.weight"]["lr_scale"] == pytest.approx(0.75)
-    assert (
-        by_name["head.3.weight"]["lr_scale"] == 1.0 and by_name["encoder.fc_norm.weight"]["lr_scale"] == 1.0
-    )
+    assert by_name["head.3.weight"]["lr_scale"] == 1.0 and by_name["encoder.fc_norm.weight"]["lr_scale"] == 1.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.0)
     set_lr(opt, 1e-3)
@@ -93,9 +85,7 @@ def test_layer_decay_scales_reach_the_optimiser_update() -> None:
 
 def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
     model = build_classifier(_spec(), 3)
-    by_id = {
-        id(p): g for g in layer_decay_groups(model, weight_decay=0.01, layer_decay=0.75) for p in g["params"]
-    }
+    by_id = {id(p): g for g in layer_decay_groups(model, weight_decay=0.01, layer_decay=0.75) for p in g["params"]}
     wd = {n: by_id[id(p)]["weight_decay"] for n, p in model.named_parameters()}
     assert wd["encoder.pos_embed"] == wd["encoder.cls_token"] == wd["encoder.blocks.0.norm1.weight"] == 0.0
     assert wd["encoder.blocks.0.attn.qkv.bias"] == wd["head.1.weight"] == 0.0  # head LayerNorm
@@ -103,7 +93,7 @@ def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
 
 
 def test_training_beats_chance_and_reloads(data, tmp_path: Path) -> None:
-    res = finetune(_cell(data), _spec(drop_path=0.0), RECIPE, tmp_path / "run")
+    res = finetune(_cell(data), encoder=_spec(drop_path=0.0), recipe=RECIPE, out=tmp_path / "run")
     assert res.n_test == 24 and res.classes == 3
     assert res.accuracy >= 0.7, res  # chance is 1/3
     history = pd.read_csv(tmp_path / "run" / "history.csv")
@@ -120,9 +110,7 @@ def test_training_beats_chance_and_reloads(data, tmp_path: Path) -> None:
 
     rows = manifest_rows(_cell(data).manifest, {"test": saved["key"].tolist()})["test"]
     ds = LabelledImages(rows, data[0].root, EvalAugment(info["img_size"], info["resize"]))
-    probs, _ = predict_probs(
-        model, make_loader(ds, 8, shuffle=False), info["mean"], info["std"], torch.device("cpu")
-    )
+    probs, _ = predict_probs(model, make_loader(ds, 8, shuffle=False), info["mean"], info["std"], torch.device("cpu"))
     np.testing.assert_allclose(probs.max(1), saved["confidence"], atol=1e-5)
     assert [info["classes"][i] for i in probs.argmax(1)] == saved["pred"].tolist()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -132,7 +120,7 @@ def test_training_beats_chance_and_reloads(data, tmp_path: Path) -> None:
 def test_one_image_per_class_still_trains(data, tmp_path: Path) -> None:
     """1 % of 20 training images per class is one each: one batch of 3 per epoch; the optimiser steps."""
     recipe = Recipe(epochs=2, warmup_epochs=1, batch_size=128, img_size=32, resize=36, num_workers=0)
-    res = finetune(_cell(data, fraction=0.01, fold=1), _spec(), recipe, tmp_path / "run")
+    res = finetune(_cell(data, fraction=0.01, fold=1), encoder=_spec(), recipe=recipe, out=tmp_path / "run")
     assert res.n_train == 3
     torch.manual_seed(recipe.seed)
     fresh = build_classifier(_spec(), 3)
@@ -189,7 +177,13 @@ def test_inits_from_pretrain_outputs(tmp_path: Path, synthetic_shards) -> None:
         assert model.pretrained_norm == pytest.approx((index.mean, index.std))
     # the fine-tuned checkpoint rebuilds from its stored spec alone (the pretrain run is no longer needed)
     save_classifier(
-        tmp_path / "ft", model, ClassMap(("a", "b", "c")), 0.8, 0.2, RECIPE, str(tmp_path / "part")
+        tmp_path / "ft",
+        model,
+        classes=ClassMap(("a", "b", "c")),
+        mean=0.8,
+        std=0.2,
+        recipe=RECIPE,
+        initialised_from=str(tmp_path / "part"),
     )
     shutil.rmtree(tmp_path / "part")
     back, info = load_classifier(tmp_path / "ft")
@@ -208,4 +202,4 @@ def test_bad_inits_and_devices_are_one_line_errors(tmp_path: Path, data) -> None
         load_classifier(tmp_path)
     if not torch.cuda.is_available():
         with pytest.raises(FinetuneError, match="no GPU"):
-            finetune(_cell(data), _spec(), Recipe(device="cuda", epochs=1), tmp_path / "run")
+            finetune(_cell(data), encoder=_spec(), recipe=Recipe(device="cuda", epochs=1), out=tmp_path / "run")

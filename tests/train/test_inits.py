@@ -28,8 +28,10 @@ import torch
 from huggingface_hub import constants
 from timm.models import get_pretrained_cfg, save_for_hf
 
+from plankton_train.errors import ModelInitError
 from plankton_train.models import classifier
-from plankton_train.models.classifier import EncoderSpec, ModelInitError, build_encoder
+from plankton_train.models import hub as hub_access
+from plankton_train.models.classifier import EncoderSpec, build_encoder
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=2)
 AUTHORS = ("Jookare/plankton_vit_large_patch16_224.mae", "Jookare/no_daplankton_vit_large_patch16_224.mae")
@@ -159,7 +161,7 @@ def test_unreachable_endpoint_fails_fast(hub: Path, monkeypatch: pytest.MonkeyPa
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        monkeypatch.setattr(classifier, "HUB_PROBE_TIMEOUT", 0.5)
+        monkeypatch.setattr(hub_access, "HUB_PROBE_TIMEOUT", 0.5)
         start = time.monotonic()
         msg = _assert_fails_fast("imagenet-supervised", "timm/vit_large_patch16_224.augreg_in21k_ft_in1k")
         assert time.monotonic() - start < 3 and "did not answer within 0.5 s" in msg, msg
@@ -170,7 +172,7 @@ def test_a_weights_file_or_folder_never_asks_the_hub(tmp_path: Path, monkeypatch
     def no_probe() -> str:
         raise AssertionError("probed the hub")
 
-    monkeypatch.setattr(classifier, "_hub_unreachable", no_probe)
+    monkeypatch.setattr(hub_access, "unreachable", no_probe)
     model = timm.create_model("vit_large_patch16_224", num_classes=0, in_chans=3, **TINY)
     st.save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
     build_encoder(EncoderSpec(init="imagenet", weights_file=str(tmp_path / "w.safetensors"), model_kwargs=TINY))
@@ -264,8 +266,8 @@ def test_authors_encoder_by_hub_id_from_the_hub_cache(tmp_path: Path, hub: Path,
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     offline_loads = []
-    real = classifier._hub_offline
-    monkeypatch.setattr(classifier, "_hub_offline", lambda on: offline_loads.append(on) or real(on))
+    real = hub_access.offline
+    monkeypatch.setattr(hub_access, "offline", lambda on: offline_loads.append(on) or real(on))
     start = time.monotonic()
     _assert_loaded(build_encoder(EncoderSpec(init=f"hf-hub:{AUTHORS[0]}")), saved[AUTHORS[0]])
     assert time.monotonic() - start < 10 and constants.HF_HUB_OFFLINE is False

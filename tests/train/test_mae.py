@@ -11,8 +11,8 @@ import torch
 
 from plankton_train.data.augment import normalize
 from plankton_train.data.stream import ShardStream
+from plankton_train.engine.optim import cosine_lr, param_groups, set_lr
 from plankton_train.models.mae import MODELS, build_mae, random_mask
-from plankton_train.optim import cosine_lr, param_groups, set_lr
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,12 @@ from plankton_data.format.index import read_index, write_index
 from plankton_data.ingest import ingest
 from plankton_data.ingest.preprocess import PreprocessConfig
 from plankton_data.shardset import build_shard_set
-from plankton_train.checkpoint import load_encoder
-from plankton_train.cli import app
+from plankton_train.cli.main import app
 from plankton_train.data.stream import ShardStream
+from plankton_train.errors import PretrainError
+from plankton_train.models.export import load_encoder
 from plankton_train.models.mae import MODELS
-from plankton_train.pretrain import PretrainConfig, PretrainError, _sample_stats, resume_config, run_pretrain
+from plankton_train.pretrain import PretrainConfig, _sample_stats, resume_config, run_pretrain
 
 TINY = dict(model="mae_test", batch_size=4, eff_batch=8, steps=6, warmup_steps=2, seed=3, log_every=1)
 

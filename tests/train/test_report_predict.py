@@ -17,13 +17,14 @@ from timm.models import save_for_hf
 from typer.testing import CliRunner
 
 from plankton_data.format.index import read_index
-from plankton_train.cli import app
+from plankton_train.cli.main import app
 from plankton_train.data.labelled import ClassMap
-from plankton_train.experiment import ExperimentError, load_experiment, run_experiment
-from plankton_train.finetune import Recipe, save_classifier
-from plankton_train.models.classifier import EncoderSpec, build_classifier
-from plankton_train.predict import UNASSIGNED, PredictError, PredictOptions, predict
-from plankton_train.report import (
+from plankton_train.errors import ExperimentError, PredictError
+from plankton_train.finetune import Recipe
+from plankton_train.models.classifier import EncoderSpec, build_classifier, save_classifier
+from plankton_train.protocol.experiment import load_experiment, run_experiment
+from plankton_train.protocol.predict import UNASSIGNED, PredictOptions, predict
+from plankton_train.protocol.report import (
     classification_metrics,
     expected_calibration_error,
     per_class_metrics,
@@ -106,7 +107,7 @@ def _fake_results(base: Path) -> Path:
 
 def test_report_writes_table3_layout_plots_and_per_class_metrics(tmp_path: Path) -> None:
     results = _fake_results(tmp_path / "exp")
-    files = write_report(results, tmp_path / "report", confusion_fractions=[0.1])
+    files = write_report(results, out=tmp_path / "report", confusion_fractions=[0.1])
     names = {p.relative_to(tmp_path / "report").as_posix() for p in files}
     assert {
         "accuracy.md",
@@ -129,10 +130,7 @@ def test_report_writes_table3_layout_plots_and_per_class_metrics(tmp_path: Path)
     assert cell == f"{acc.mean():.2f} ± {acc.std():.2f}"  # mean ± sample std over the 3 folds, as Table 3
     assert "| syn/A | good |" in (tmp_path / "report" / "accuracy.md").read_text()
     per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")
-    assert (
-        len(per_class) == 2 * 2 * 3
-        and per_class.groupby(["model", "fraction"])["support"].sum().eq(180).all()
-    )
+    assert len(per_class) == 2 * 2 * 3 and per_class.groupby(["model", "fraction"])["support"].sum().eq(180).all()
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +139,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     model = build_classifier(SPEC, len(CLASSES))
-    save_classifier(out, model, ClassMap(CLASSES), 0.8, 0.2, Recipe(img_size=32, resize=36), "random")
+    save_classifier(
+        out,
+        model,
+        classes=ClassMap(CLASSES),
+        mean=0.8,
+        std=0.2,
+        recipe=Recipe(img_size=32, resize=36),
+        initialised_from="random",
+    )
     return out
 
 
@@ -162,7 +168,9 @@ def raw_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predict_schema_on_a_folder_with_embeddings_and_threshold(
     model_dir: Path, raw_images: Path, tmp_path: Path
 ) -> None:
-    table = predict(model_dir, raw_images, tmp_path / "p.parquet", PredictOptions(top_k=2, embeddings=True))
+    table = predict(
+        model_dir, source=raw_images, out=tmp_path / "p.parquet", opts=PredictOptions(top_k=2, embeddings=True)
+    )
     assert len(table) == 6  # broken.jpg skipped, junk ignored
     assert table["source"].str.endswith((".jpg", ".png")).all()
     expected = [
@@ -182,11 +190,9 @@ def test_predict_schema_on_a_folder_with_embeddings_and_threshold(
     assert (table["top1_prob"] >= table["top2_prob"]).all() and (table["label"] == table["top1"]).all()
     np.testing.assert_allclose(table["confidence"], probs.max(1), atol=1e-6)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "p.parquet"), table)
-    strict = predict(model_dir, raw_images, tmp_path / "p.csv", PredictOptions(min_confidence=0.999))
+    strict = predict(model_dir, source=raw_images, out=tmp_path / "p.csv", opts=PredictOptions(min_confidence=0.999))
     assert (strict["label"] == UNASSIGNED).all() and "emb_0000" not in strict.columns
-    np.testing.assert_allclose(
-        strict["confidence"], table["confidence"], atol=1e-5
-    )  # same preprocessing, same seed
+    np.testing.assert_allclose(strict["confidence"], table["confidence"], atol=1e-5)  # same preprocessing, same seed
     assert len(pd.read_csv(tmp_path / "p.csv")) == 6
 
 
@@ -197,14 +203,14 @@ def test_predict_reads_zip_archives_and_shard_sets(
     with zipfile.ZipFile(archive, "w") as zf:
         for p in sorted(raw_images.rglob("*.*")):
             zf.write(p, p.relative_to(raw_images.parent).as_posix())
-    from_zip = predict(model_dir, archive, tmp_path / "z.csv")
-    from_dir = predict(model_dir, raw_images, tmp_path / "d.csv")
+    from_zip = predict(model_dir, source=archive, out=tmp_path / "z.csv")
+    from_dir = predict(model_dir, source=raw_images, out=tmp_path / "d.csv")
     np.testing.assert_allclose(np.sort(from_zip["confidence"]), np.sort(from_dir["confidence"]), atol=1e-5)
-    shards = predict(model_dir, synthetic_shards.folder, tmp_path / "s.parquet")
+    shards = predict(model_dir, source=synthetic_shards.folder, out=tmp_path / "s.parquet")
     manifest = pd.read_parquet(synthetic_shards.manifest)
     assert sorted(shards["source"]) == sorted(manifest["key"])
     with pytest.raises(PredictError, match=r"\.parquet or \.csv"):
-        predict(model_dir, raw_images, tmp_path / "p.txt")
+        predict(model_dir, source=raw_images, out=tmp_path / "p.txt")
 
 
 def _config(tmp_path: Path, shards, models: str) -> Path:
@@ -236,14 +242,10 @@ num_workers = 0
 
 
 def test_experiment_grid_is_resumable_and_reports(tmp_path: Path, synthetic_shards) -> None:
-    r = runner.invoke(
-        app, ["splits", str(synthetic_shards.manifest), "--out", str(tmp_path / "splits.parquet")]
-    )
+    r = runner.invoke(app, ["splits", str(synthetic_shards.manifest), "--out", str(tmp_path / "splits.parquet")])
     assert r.exit_code == 0, r.output
     assert "synthetic/synthetic" in r.output and "1-1" in r.output  # 1 %: one image per class
-    cfg = _config(
-        tmp_path, synthetic_shards, 'scratch = "random"\nscratch2 = { init = "random", drop_path = 0.0 }'
-    )
+    cfg = _config(tmp_path, synthetic_shards, 'scratch = "random"\nscratch2 = { init = "random", drop_path = 0.0 }')
     exp = load_experiment(cfg)
     assert exp.splits == tmp_path / "splits.parquet" and exp.models["scratch2"].drop_path == 0.0
     results = run_experiment(exp)
@@ -318,13 +320,9 @@ def test_cli_finetune_and_predict_end_to_end(tmp_path: Path, synthetic_shards) -
     info = json.loads((tmp_path / "run" / "classifier.json").read_text())
     index = read_index(synthetic_shards.folder)
     assert info["normalisation"] == "dataset" and info["mean"] == pytest.approx(index.mean)
-    r = runner.invoke(
-        app, [*args[:-1], str(tmp_path / "run2"), "--normalization", "encoder", "--epochs", "1"]
-    )
+    r = runner.invoke(app, [*args[:-1], str(tmp_path / "run2"), "--normalization", "encoder", "--epochs", "1"])
     info = json.loads((tmp_path / "run2" / "classifier.json").read_text())
-    assert (
-        r.exit_code == 0 and info["normalisation"] == "encoder" and info["mean"] != pytest.approx(index.mean)
-    )
+    assert r.exit_code == 0 and info["normalisation"] == "encoder" and info["mean"] != pytest.approx(index.mean)
     r = runner.invoke(
         app,
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from plankton_train.experiment import load_experiment
+from plankton_train.protocol.experiment import load_experiment
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduce.md"
 
@@ -33,7 +33,7 @@ def test_the_paper_config_parses_into_the_three_initialisations(tmp_path):
 
 def test_every_command_in_the_doc_is_a_real_subcommand():
     from plankton_data.cli.main import app as data_app
-    from plankton_train.cli import app as train_app
+    from plankton_train.cli.main import app as train_app
 
     known = {
         "plankton-data": {c.name or c.callback.__name__ for c in data_app.registered_commands},

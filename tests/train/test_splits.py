@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plankton_train.splits import (
+from plankton_train.errors import SplitError
+from plankton_train.protocol.splits import (
     SplitConfig,
-    SplitError,
     fraction_column,
     make_splits,
     per_class_ranges,
@@ -67,7 +67,7 @@ def test_folds_are_stratified_and_val_is_15_percent_of_train(imbalanced: pd.Data
 
 def test_fractions_are_nested_stratified_and_keep_one_per_class(imbalanced: pd.DataFrame) -> None:
     cfg = SplitConfig()
-    s = make_splits(imbalanced, cfg)
+    s = make_splits(imbalanced, cfg=cfg)
     cols = [fraction_column(f) for f in cfg.fractions]
     assert cols == ["in_1pct", "in_5pct", "in_10pct", "in_100pct"]
     assert not s.loc[s["role"] != "train", cols].any().any()  # fractions only draw from the train role
@@ -84,18 +84,18 @@ def test_fractions_are_nested_stratified_and_keep_one_per_class(imbalanced: pd.D
 
 
 def test_splits_are_deterministic_from_seed_and_independent_of_row_order(imbalanced: pd.DataFrame) -> None:
-    a = make_splits(imbalanced, SplitConfig(seed=3))
-    b = make_splits(imbalanced.sample(frac=1.0, random_state=1), SplitConfig(seed=3))
-    c = make_splits(imbalanced, SplitConfig(seed=4))
+    a = make_splits(imbalanced, cfg=SplitConfig(seed=3))
+    b = make_splits(imbalanced.sample(frac=1.0, random_state=1), cfg=SplitConfig(seed=3))
+    c = make_splits(imbalanced, cfg=SplitConfig(seed=4))
     pd.testing.assert_frame_equal(a, b)
     assert not a["role"].equals(c["role"])
 
 
 def test_select_and_parquet_round_trip(tmp_path: Path, synthetic_shards) -> None:
     cfg = SplitConfig(seed=1)
-    s = splits_from_manifest(synthetic_shards.manifest, cfg)
+    s = splits_from_manifest(synthetic_shards.manifest, cfg=cfg)
     assert set(s["group"]) == {"synthetic/synthetic"}  # dataset + instrument, empty subset skipped
-    path = write_splits(s, tmp_path / "splits.parquet", cfg)
+    path = write_splits(s, tmp_path / "splits.parquet", cfg=cfg)
     back, back_cfg = read_splits(path)
     assert back_cfg == cfg
     pd.testing.assert_frame_equal(back, s)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from lightly.models import utils as lutils
 
-from plankton_train.checkpoint import load_mae
 from plankton_train.data.augment import normalize
 from plankton_train.data.stream import ShardStream
+from plankton_train.models.checkpoint import load_mae
 
 _GAP = 4  # pixels of white between tiles
 _MASK_GRAY = 0.5  # masked patches in the first column, in [0, 1] pixel units
@@ -25,6 +25,7 @@ _MASK_GRAY = 0.5  # masked patches in the first column, in [0, 1] pixel units
 
 def reconstruct(
     checkpoint: Path | str,
+    *,
     out: Path | str,
     shards: Path | str | None = None,
     n: int = 8,

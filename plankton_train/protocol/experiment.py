@@ -22,10 +22,11 @@ import pandas as pd
 import tomllib
 import yaml
 
-from plankton_data.errors import PlanktonDataError
+from plankton_train.errors import ExperimentError
 from plankton_train.finetune import Cell, Recipe, finetune
-from plankton_train.models.classifier import NAMED_INITS, EncoderSpec
-from plankton_train.splits import read_splits
+from plankton_train.models.classifier import EncoderSpec
+from plankton_train.models.registry import INIT_PREFIXES, NAMED_INITS
+from plankton_train.protocol.splits import read_splits
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ RESULT_COLUMNS = (
     "seconds",
     "run_dir",
 )
-
-
-class ExperimentError(PlanktonDataError):
-    """A config file that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ def load_experiment(path: Path | str) -> Experiment:
         spec = {"init": spec} if isinstance(spec, str) else dict(spec)
         merged = {**shared, **spec}
         init = merged.get("init", "")
-        if init and init not in NAMED_INITS and not init.startswith(("timm:", "hf-hub:", "local-dir:")):
+        if init and init not in NAMED_INITS and not init.startswith(INIT_PREFIXES):
             merged["init"] = str(resolve(init))  # a local folder or weights file
         if merged.get("weights_file"):
             merged["weights_file"] = str(resolve(merged["weights_file"]))
@@ -191,7 +188,7 @@ def _check_settings(exp: Experiment, path: Path) -> None:
     tmp.replace(path)
 
 
-def run_experiment(exp: Experiment, out: Path | str | None = None) -> pd.DataFrame:
+def run_experiment(exp: Experiment, *, out: Path | str | None = None) -> pd.DataFrame:
     """Run every cell without a row in ``<out>/results.csv``; returns the full results table."""
     out = Path(out) if out is not None else exp.out
     if out is None:
@@ -213,7 +210,7 @@ def run_experiment(exp: Experiment, out: Path | str | None = None) -> pd.DataFra
         run_dir = Path("runs") / _slug(model) / _slug(group) / f"{fraction * 100:g}pct" / f"fold{fold}"
         log.info("[%d/%d] %s | %s | %g%% | fold %d", i, len(todo), model, group, fraction * 100, fold)
         cell = Cell(exp.manifest, exp.shards_root, exp.splits, group, fold, fraction)
-        res = finetune(cell, exp.models[model], exp.recipe, out / run_dir)
+        res = finetune(cell, encoder=exp.models[model], recipe=exp.recipe, out=out / run_dir)
         row = {
             **asdict(res),
             "model": model,

@@ -28,14 +28,10 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from plankton_data.errors import PlanktonDataError
+from plankton_train.errors import ReportError
 
 PREDICTIONS_NAME = "test_predictions.parquet"
 CELL = ["group", "model", "fraction"]
-
-
-class ReportError(PlanktonDataError):
-    """Missing or malformed results."""
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
@@ -104,9 +100,7 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     decimals, as the paper's Table 3 (its differences between models are often below 0.5 points)."""
     summary = cell_summary(results)
     std = summary["accuracy_std"].fillna(0.0)
-    summary["cell"] = [
-        f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(summary["accuracy_mean"], std, strict=True)
-    ]
+    summary["cell"] = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(summary["accuracy_mean"], std, strict=True)]
     table = summary.pivot(index=["group", "model"], columns="fraction", values="cell")
     table.columns = [_pct(f) for f in table.columns]
     return table.reset_index().fillna("-")
@@ -154,9 +148,7 @@ def plot_accuracy_vs_fraction(results: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def plot_confusion(
-    labels: Sequence[str], preds: Sequence[str], classes: Sequence[str], path: Path, title: str
-) -> Path:
+def plot_confusion(labels: Sequence[str], preds: Sequence[str], classes: Sequence[str], path: Path, title: str) -> Path:
     """Row-normalised confusion matrix (true rows, predicted columns) plus per-class accuracy bars."""
     import matplotlib
 
@@ -214,7 +206,7 @@ def _pooled_predictions(runs: pd.DataFrame, base: Path) -> pd.DataFrame | None:
 
 
 def write_report(
-    results_path: Path | str, out: Path | str, confusion_fractions: Sequence[float] | None = None
+    results_path: Path | str, *, out: Path | str, confusion_fractions: Sequence[float] | None = None
 ) -> list[Path]:
     """Write all report files into ``out``; returns their paths.
 
@@ -244,13 +236,9 @@ def write_report(
             (out / "confusion").mkdir(exist_ok=True)
             name = f"{_slug(group)}__{_slug(model)}__{_pct(fraction).rstrip('%')}pct.png"
             title = f"{group} - {model} - {_pct(fraction)} ({len(runs)} folds, {len(preds)} test images)"
-            written.append(
-                plot_confusion(preds["label"], preds["pred"], classes, out / "confusion" / name, title)
-            )
+            written.append(plot_confusion(preds["label"], preds["pred"], classes, out / "confusion" / name, title))
     if per_class:
-        frame = pd.concat(per_class, ignore_index=True)[
-            [*CELL, "class", "precision", "recall", "f1", "support"]
-        ]
+        frame = pd.concat(per_class, ignore_index=True)[[*CELL, "class", "precision", "recall", "f1", "support"]]
         frame.to_csv(out / "per_class.csv", index=False)
         written.append(out / "per_class.csv")
     return written

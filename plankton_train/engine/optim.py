@@ -68,3 +68,32 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate to ``lr * group["lr_scale"]`` (scale 1.0 when absent)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Layer index of a classifier parameter for layer-wise lr decay (MAE ``param_groups_lrd`` semantics).
+
+    Stem (``cls_token``, ``reg_token``, ``pos_embed``, ``patch_embed.*``) -> 0; ``blocks.k.*`` -> ``k + 1``;
+    everything after the blocks (``norm``, ``fc_norm``, the head) -> ``depth + 1``.
+    """
+    if name.startswith("encoder."):
+        rest = name[len("encoder.") :]
+        if rest.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+            return 0
+        if rest.startswith("blocks."):
+            return int(rest.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups with ``lr_scale = layer_decay ** (depth + 1 - layer_id)``.
+
+    ``model`` is a :class:`~plankton_train.models.classifier.PlanktonClassifier` (``encoder.blocks``). Weight decay
+    as in pretraining (:func:`param_groups`: none on norms, biases and position/class tokens). The scale is only a
+    key in the group: the schedule must multiply it in (:func:`set_lr` does), because torch optimisers ignore
+    unknown keys - the timm pitfall where layer decay silently does nothing.
+    """
+    depth = len(model.encoder.blocks)
+    return param_groups(
+        model, weight_decay, lr_scale_fn=lambda name: layer_decay ** (depth + 1 - layer_id(name, depth))
+    )

@@ -1,8 +1,4 @@
-"""Training checkpoints (exact resume) and the exported encoder (timm-loadable safetensors + config).
-
-A training checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so it loads
-with ``torch.load(weights_only=True)``: model and optimiser state, optimiser step, loader position, the RNG
-states of every rank, the resolved run configuration and the MAE architecture.
+"""The exported encoder: a timm-loadable folder (``model.safetensors`` + ``config.json``), and loading it back.
 
 The exported encoder is the bare timm ``VisionTransformer`` (no lightly wrapper, hence no ``mask_token``
 key, which timm would mistake for DINOv2), written by timm's own ``save_for_hf``: ``model.safetensors`` and
@@ -18,12 +14,8 @@ Loading either works::
 from __future__ import annotations
 
 import json
-import os
-import random
-import re
 from pathlib import Path
 
-import numpy as np
 import safetensors.torch
 import timm
 import torch
@@ -31,98 +23,20 @@ from timm.models import save_for_hf
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
-from plankton_data.errors import PlanktonDataError
+from plankton_train.errors import CheckpointError
+from plankton_train.models.checkpoint import load_checkpoint
 from plankton_train.models.mae import MAE, MAEConfig
 
-CHECKPOINT_FORMAT = "plankton-mae-checkpoint/1"
 ENCODER_WEIGHTS = "model.safetensors"
-_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 # Keys a fine-tuning model may lack (fresh head / pooling norm) or not need (final norm under avg pool).
 _FRESH = ("head.", "fc_norm.")
 _DROPPABLE = ("norm.",)
 
 
-class CheckpointError(PlanktonDataError):
-    """A checkpoint or encoder folder that is missing, foreign or does not fit the requested model."""
-
-
-def save_checkpoint(path: Path, state: dict) -> Path:
-    """Write ``state`` atomically (temp file + fsync + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as fh:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def step_checkpoint_name(step: int) -> str:
-    """File name of the checkpoint taken after optimiser step ``step``."""
-    return f"step-{step:08d}.pt"
-
-
-def latest_checkpoint(path: Path | str) -> Path:
-    """``path`` if it is a file, else the highest-step checkpoint in ``path/checkpoints`` or ``path``."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for folder in (path / "checkpoints", path):
-        found = sorted(p for p in folder.glob("step-*.pt") if _STEP_FILE.match(p.name)) if folder.is_dir() else []
-        if found:
-            return found[-1]
-    raise CheckpointError(f"no checkpoint at {path}")
-
-
-def load_checkpoint(path: Path | str) -> dict:
-    """Load a training checkpoint (a file, or the latest in a run folder) onto the CPU."""
-    path = latest_checkpoint(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # lazy: big files
-    except Exception as exc:  # torch raises many types for a foreign or damaged file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a plankton-train MAE checkpoint")
-    state["path"] = str(path)
-    return state
-
-
-def load_mae(path: Path | str) -> tuple[MAE, dict]:
-    """The trained :class:`MAE` (CPU, eval mode) and the raw checkpoint dict."""
-    state = load_checkpoint(path)
-    model = MAE(MAEConfig(**state["model_cfg"]))
-    model.load_state_dict(state["model"])
-    return model.eval(), state
-
-
-def rng_state() -> dict:
-    """This process's RNG states (torch CPU/CUDA, numpy, python) as checkpoint-safe values."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def export_encoder(
     model: MAE,
     folder: Path,
+    *,
     mean: float,
     std: float,
     normalization: str = "set",

@@ -1,23 +1,18 @@
 """``plankton-train pretrain`` and ``plankton-train reconstruct``: options -> config -> library call.
 
-Problems the user can fix (:class:`~plankton_data.errors.PlanktonDataError`) print one red line and exit
-with status 1 (``PLANKTON_DEBUG=1`` shows the traceback). Library imports are deferred so ``--help`` does
-not load torch.
+Errors are handled once for all commands (:mod:`plankton_train.cli.main`). Library imports are deferred to
+the command functions so ``--help`` does not load torch; the model choices come from the torch-free registry.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,11 +22,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from plankton_data.errors import PlanktonDataError
-from plankton_train.models.mae import MODELS
+from plankton_train.cli._options import console as _console
+from plankton_train.errors import PretrainError
+from plankton_train.models.registry import MODEL_NAMES
 
-ModelName = Enum("ModelName", {name: name for name in MODELS}, type=str)
-_console = Console(stderr=True)
+ModelName = Enum("ModelName", {name: name for name in MODEL_NAMES}, type=str)
 
 
 class _Display:
@@ -59,9 +54,7 @@ class _Display:
                 f"{record['total_steps']} steps ({record['warmup_steps']} warmup)"
             )
             self.progress.start()
-            self.task = self.progress.add_task(
-                "", total=record["total_steps"], completed=record["step"], info=""
-            )
+            self.task = self.progress.add_task("", total=record["total_steps"], completed=record["step"], info="")
         elif event == "step":
             self.progress.update(self.task, completed=record["step"])
         elif event == "log":
@@ -86,21 +79,6 @@ class _Display:
             self.task = None
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """One red line and exit 1 for user-fixable errors (``PLANKTON_DEBUG=1`` shows the traceback)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=_console, show_path=False)]
-    )
-    try:
-        yield
-    except (PlanktonDataError, OSError) as exc:
-        if os.environ.get("PLANKTON_DEBUG"):
-            raise
-        _console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
 def pretrain(
     shards: Annotated[
         Path | None, typer.Option(help="Shard folder (with index.json). Required unless --resume.")
@@ -108,22 +86,14 @@ def pretrain(
     out: Annotated[Path, typer.Option(help="Run folder: config, metrics, checkpoints, encoder.")] = Path(
         "runs/pretrain"
     ),
-    model: Annotated[
-        ModelName, typer.Option(help="Encoder architecture (timm name).")
-    ] = "vit_large_patch16_224",
+    model: Annotated[ModelName, typer.Option(help="Encoder architecture (timm name).")] = "vit_large_patch16_224",
     batch_size: Annotated[int, typer.Option(help="Images per device per micro-step.")] = 256,
-    eff_batch: Annotated[
-        int, typer.Option(help="Images per optimiser step, all devices (accumulates).")
-    ] = 4096,
+    eff_batch: Annotated[int, typer.Option(help="Images per optimiser step, all devices (accumulates).")] = 4096,
     blr: Annotated[float, typer.Option(help="Base learning rate; lr = blr * eff_batch / 256.")] = 1.5e-4,
     epochs: Annotated[float, typer.Option(help="Schedule length in epochs.")] = 800,
     warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length in epochs.")] = 40,
-    steps: Annotated[
-        int, typer.Option(help="Schedule length in optimiser steps (overrides --epochs if > 0).")
-    ] = 0,
-    warmup_steps: Annotated[
-        int, typer.Option(help="Warmup in steps (overrides --warmup-epochs if >= 0).")
-    ] = -1,
+    steps: Annotated[int, typer.Option(help="Schedule length in optimiser steps (overrides --epochs if > 0).")] = 0,
+    warmup_steps: Annotated[int, typer.Option(help="Warmup in steps (overrides --warmup-epochs if >= 0).")] = -1,
     workers: Annotated[
         int | None, typer.Option(help="Loader processes per device [default: 8, or the checkpoint's].")
     ] = (None),
@@ -136,13 +106,9 @@ def pretrain(
         ),
     ] = "set",
     log_every: Annotated[int, typer.Option(help="Optimiser steps between metric records.")] = 20,
-    ckpt_every: Annotated[
-        int, typer.Option(help="Optimiser steps between checkpoints (0: only at the end).")
-    ] = 1000,
+    ckpt_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints (0: only at the end).")] = 1000,
     keep_checkpoints: Annotated[int, typer.Option(help="Periodic checkpoints to keep.")] = 2,
-    resume: Annotated[
-        Path | None, typer.Option(help="Continue exactly from a checkpoint file or run folder.")
-    ] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue exactly from a checkpoint file or run folder.")] = None,
     stop_after: Annotated[
         int | None, typer.Option(help="Stop (with a checkpoint) after this many steps of this call.")
     ] = (None),
@@ -161,38 +127,37 @@ def pretrain(
     from plankton_train.pretrain import PretrainConfig, resume_config, run_pretrain  # torch import: lazy
 
     rank0 = os.environ.get("RANK", "0") == "0"
-    with _user_errors():
-        if resume is not None:
-            cfg = resume_config(resume, None if shards is None else str(shards), workers)
-            if rank0:
-                _console.print(f"resuming {cfg.out} from {resume}: training options come from the checkpoint")
-        elif shards is None:
-            raise PlanktonDataError("--shards is required (or --resume a run)")
-        else:
-            cfg = PretrainConfig(
-                shards=str(shards),
-                out=str(out),
-                model=ModelName(model).value,
-                batch_size=batch_size,
-                eff_batch=eff_batch,
-                blr=blr,
-                epochs=epochs,
-                warmup_epochs=warmup_epochs,
-                steps=steps,
-                warmup_steps=warmup_steps,
-                normalization=normalization,
-                workers=8 if workers is None else workers,
-                seed=seed,
-                log_every=log_every,
-                ckpt_every=ckpt_every,
-                keep_checkpoints=keep_checkpoints,
-            )
-        display = _Display(_console) if rank0 else None
-        try:
-            run_pretrain(cfg, resume=resume, stop_after=stop_after, on_event=display)
-        finally:
-            if display is not None:
-                display.close()
+    if resume is not None:
+        cfg = resume_config(resume, shards=None if shards is None else str(shards), workers=workers)
+        if rank0:
+            _console.print(f"resuming {cfg.out} from {resume}: training options come from the checkpoint")
+    elif shards is None:
+        raise PretrainError("--shards is required (or --resume a run)")
+    else:
+        cfg = PretrainConfig(
+            shards=str(shards),
+            out=str(out),
+            model=ModelName(model).value,
+            batch_size=batch_size,
+            eff_batch=eff_batch,
+            blr=blr,
+            epochs=epochs,
+            warmup_epochs=warmup_epochs,
+            steps=steps,
+            warmup_steps=warmup_steps,
+            normalization=normalization,
+            workers=8 if workers is None else workers,
+            seed=seed,
+            log_every=log_every,
+            ckpt_every=ckpt_every,
+            keep_checkpoints=keep_checkpoints,
+        )
+    display = _Display(_console) if rank0 else None
+    try:
+        run_pretrain(cfg, resume=resume, stop_after=stop_after, on_event=display)
+    finally:
+        if display is not None:
+            display.close()
 
 
 def reconstruct(
@@ -210,10 +175,9 @@ def reconstruct(
 
         plankton-train reconstruct --checkpoint runs/mae-vitl --out runs/mae-vitl/reconstruction.png
     """
-    from plankton_train.reconstruct import reconstruct as make_figure  # torch import: lazy
+    from plankton_train.protocol.reconstruct import reconstruct as make_figure  # torch import: lazy
 
-    with _user_errors():
-        path = make_figure(checkpoint, out, shards=shards, n=n, seed=seed)
+    path = make_figure(checkpoint, out=out, shards=shards, n=n, seed=seed)
     typer.echo(str(path))
 
 

@@ -42,16 +42,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plankton_data.errors import PlanktonDataError
 from plankton_data.format.manifest import read_manifest
+from plankton_train.errors import SplitError
 
 FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.10, 1.0)
 ROLES: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_GROUP_BY: tuple[str, ...] = ("dataset", "subset", "instrument")
-
-
-class SplitError(PlanktonDataError):
-    """A splits request that cannot be met (no labelled rows, unknown group, bad fraction...)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,7 @@ def group_names(frame: pd.DataFrame, group_by: Sequence[str]) -> pd.Series:
 
 
 def make_splits(
-    samples: pd.DataFrame, cfg: SplitConfig = SplitConfig(), group_by: Sequence[str] = DEFAULT_GROUP_BY
+    samples: pd.DataFrame, *, cfg: SplitConfig = SplitConfig(), group_by: Sequence[str] = DEFAULT_GROUP_BY
 ) -> pd.DataFrame:
     """Draw the splits of every group in ``samples`` (columns ``key``, ``label`` and ``group_by``).
 
@@ -151,14 +147,14 @@ def make_splits(
 
 
 def splits_from_manifest(
-    manifest: Path | str, cfg: SplitConfig = SplitConfig(), group_by: Sequence[str] = DEFAULT_GROUP_BY
+    manifest: Path | str, *, cfg: SplitConfig = SplitConfig(), group_by: Sequence[str] = DEFAULT_GROUP_BY
 ) -> pd.DataFrame:
     """:func:`make_splits` over a validated manifest Parquet file."""
     table = read_manifest(manifest).select(["key", "label", *[c for c in group_by if c not in ("key", "label")]])
-    return make_splits(table.to_pandas(), cfg, group_by)
+    return make_splits(table.to_pandas(), cfg=cfg, group_by=group_by)
 
 
-def write_splits(splits: pd.DataFrame, path: Path | str, cfg: SplitConfig) -> Path:
+def write_splits(splits: pd.DataFrame, path: Path | str, *, cfg: SplitConfig) -> Path:
     """Write the table with the config in the Parquet metadata (``plankton_splits``, JSON)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,13 @@
 """Classify images with a fine-tuned model: a folder, a zip archive or a shard set -> Parquet or CSV.
 
 Raw images (folder or archive, any format OpenCV reads, zips nested in zips included) get the same
-preprocessing as ``plankton-data ingest`` (grayscale -> pad to square on background-matched noise -> resize,
-from :mod:`plankton_data.ingest.ops`), then the model's evaluation view (resize + centre crop). Dataset-specific
-ingest steps (ZooProcess legend removal, box crops) are not applied: pass already-cropped vignettes.
-Shard sets (a folder with ``index.json``) are already preprocessed and only get the evaluation view.
+preprocessing as ``plankton-data ingest`` (:func:`plankton_data.ingest.preprocess.square_gray`: grayscale -> pad
+to square on background-matched noise -> resize), then the model's evaluation view (resize + centre crop). The
+padding noise is seeded from the file's sha256, so the same file gets the same prediction wherever it lives
+(folder or archive) and however often it is classified. Dataset-specific ingest steps (ZooProcess legend
+removal, box crops) are not applied: pass already-cropped vignettes. Shard sets (a folder with ``index.json``)
+are already preprocessed and only get the evaluation view; their images are read at the offsets the format
+layer gives (:func:`plankton_data.format.samples.sample_table`).
 
 One output row per image:
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tarfile
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,26 +36,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plankton_data.errors import PlanktonDataError
+from plankton_data.compat import batched
 from plankton_data.format.index import INDEX_NAME, read_index
-from plankton_data.ingest import ops
+from plankton_data.format.samples import sample_table
+from plankton_data.ingest.preprocess import square_gray
 from plankton_data.ingest.sources import RawTree, is_image
 from plankton_train.data.augment import normalize
 from plankton_train.data.decode import decode_gray
 from plankton_train.data.labelled import EvalAugment
-from plankton_train.finetune import autocast, load_classifier, resolve_device
+from plankton_train.engine.device import autocast, resolve_device
+from plankton_train.errors import CorruptSample, PredictError
+from plankton_train.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
 
 UNASSIGNED = "unassigned"
 
 
-class PredictError(PlanktonDataError):
-    """Bad input or output path, or nothing to classify."""
-
-
 @dataclass(frozen=True)
 class PredictOptions:
+    """How to classify and what to write (top-k width, threshold, embeddings) and with what resources."""
+
     top_k: int = 3
     min_confidence: float = 0.0  # below this top-1 probability the label is "unassigned"
     embeddings: bool = False
@@ -69,13 +73,22 @@ class _Item:
 
 
 def _shard_items(folder: Path) -> Iterator[_Item]:
+    """Every image of a shard folder in shard-list then tar order, read at its offset (no tar parsing here)."""
     index = read_index(folder)
-    for shard in index.shards:
-        with tarfile.open(folder / shard.name) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if member.isfile() and ext == index.image_format:
-                    yield _Item(key, tar.extractfile(member).read(), ext)
+    table = sample_table(folder, index)
+    fd, open_shard = -1, -1
+    try:
+        for i in range(len(table)):
+            if table.shard[i] != open_shard:
+                if fd >= 0:
+                    os.close(fd)
+                open_shard = int(table.shard[i])
+                fd = os.open(folder / table.shard_names[open_shard], os.O_RDONLY)
+            data = os.pread(fd, int(table.length[i]), int(table.offset[i]))
+            yield _Item(table.keys[i].decode(), data, index.image_format)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _raw_items(path: Path) -> Iterator[_Item]:
@@ -95,37 +108,21 @@ def iter_items(source: Path | str) -> Iterator[_Item]:
     return _raw_items(source)
 
 
-def ingest_view(data: bytes, size: int) -> np.ndarray:
-    """Raw image bytes -> the ``size x size`` uint8 gray square that ingest would have stored.
-
-    The padding noise is seeded from the image bytes: the same file gets the same prediction wherever it
-    lives (folder or archive) and however often it is classified.
-    """
+def _raw_view(data: bytes, size: int) -> np.ndarray:
+    """Raw image bytes -> the ``size x size`` uint8 gray square ingest would have stored (seeded by the bytes)."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError("undecodable image")
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(data).digest()[:8], "little"))
-    return ops.resize_square(ops.pad_to_square(ops.to_gray(img), rng), size)
+    return square_gray(img, key=hashlib.sha256(data).hexdigest(), size=size)
 
 
 def _prepare(item: _Item, view: EvalAugment) -> np.ndarray | None:
     try:
-        img = ingest_view(item.data, view.resize) if item.fmt == "raw" else decode_gray(item.data)
+        img = _raw_view(item.data, view.resize) if item.fmt == "raw" else decode_gray(item.data)
         return view(img)
-    except (ValueError, PlanktonDataError, cv2.error) as exc:
+    except (ValueError, CorruptSample, cv2.error) as exc:
         log.warning("skipping %s: %s", item.source, exc)
         return None
-
-
-def _batches(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
-    batch: list[_Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _rows(
@@ -150,7 +147,7 @@ def _rows(
 
 
 def predict(
-    run: Path | str, source: Path | str, out: Path | str, opts: PredictOptions = PredictOptions()
+    run: Path | str, *, source: Path | str, out: Path | str, opts: PredictOptions = PredictOptions()
 ) -> pd.DataFrame:
     """Classify every image of ``source`` with the model in run folder ``run``; write ``out`` (.parquet/.csv).
 
@@ -167,7 +164,7 @@ def predict(
     view = EvalAugment(info["img_size"], info["resize"])
     frames = []
     with ThreadPoolExecutor(max(1, opts.threads)) as pool, torch.no_grad():
-        for batch in _batches(iter_items(source), opts.batch_size):
+        for batch in batched(iter_items(source), opts.batch_size):
             imgs = list(pool.map(lambda it: _prepare(it, view), batch))
             keep = [(it.source, im) for it, im in zip(batch, imgs, strict=True) if im is not None]
             if not keep:

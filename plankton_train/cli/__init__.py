@@ -1,0 +1,1 @@
+"""The ``plankton-train`` command line (:mod:`plankton_train.cli.main`); nothing here imports torch."""

@@ -1,0 +1,67 @@
+"""The training checkpoint file: one ``torch.save`` of plain values, written atomically, found by step.
+
+A checkpoint holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``:
+model and optimiser state, optimiser step, loader position, the RNG states of every rank, the resolved run
+configuration and the MAE architecture. The training engine writes it (:mod:`plankton_train.engine`); fine-tuning
+reads the encoder out of it (an init may be a pretrain run that has not exported yet), which is why the file
+format lives here, below both, and not in the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from plankton_data.format.atomic import atomic_path
+from plankton_train.errors import CheckpointError
+from plankton_train.models.mae import MAE, MAEConfig
+
+CHECKPOINT_FORMAT = "plankton-mae-checkpoint/1"
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """Write ``state`` atomically (temp file + fsync + rename), so a crash never leaves half a file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
+    return path
+
+
+def step_checkpoint_name(step: int) -> str:
+    """File name of the checkpoint taken after optimiser step ``step``."""
+    return f"step-{step:08d}.pt"
+
+
+def latest_checkpoint(path: Path | str) -> Path:
+    """``path`` if it is a file, else the highest-step checkpoint in ``path/checkpoints`` or ``path``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        found = sorted(p for p in folder.glob("step-*.pt") if _STEP_FILE.match(p.name)) if folder.is_dir() else []
+        if found:
+            return found[-1]
+    raise CheckpointError(f"no checkpoint at {path}")
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Load a training checkpoint (a file, or the latest in a run folder) onto the CPU."""
+    path = latest_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # lazy: big files
+    except Exception as exc:  # torch raises many types for a foreign or damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a plankton-train MAE checkpoint")
+    state["path"] = str(path)
+    return state
+
+
+def load_mae(path: Path | str) -> tuple[MAE, dict]:
+    """The trained :class:`MAE` (CPU, eval mode) and the raw checkpoint dict."""
+    state = load_checkpoint(path)
+    model = MAE(MAEConfig(**state["model_cfg"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
