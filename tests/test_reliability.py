@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,3 +223,119 @@ def test_a_failed_commit_leaves_the_previous_dataset_intact(demo, tmp_path, obst
     res = cli("ingest", "kaggle", "--raw", raw, "--shards", shards, "--manifests", manifests, "--size", "32")
     assert res.returncode == 0 and "resumed" in res.stdout, res.stdout + res.stderr
     assert cli("verify", shards / "kaggle").returncode == 0
+
+
+KILL_AFTER_SWAP = """
+import os, signal, sys
+import plankton_data.ingest.run as run
+from plankton_data.cli.main import main
+
+swap_in = run.swap_in
+
+
+def swap_then_die(*args, **kwargs):  # a real SIGKILL, at the worst moment: folder in, manifest not yet renamed
+    swap_in(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+run.swap_in = swap_then_die
+sys.argv = ["plankton-data", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_kill_between_folder_swap_and_manifest_is_detected_and_finished_by_the_rerun(demo, tmp_path):
+    raw = demo / "raw" / "kaggle"
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    for root, size in ((ref, "32"), (out, "64"), (out, "32")):
+        args = ["ingest", "kaggle", "--raw", raw, "--shards", root / "shards", "--manifests", root / "manifests"]
+        if (root, size) == (out, "32"):  # re-ingest at 32 px over the 64 px one, killed right after the swap
+            res = subprocess.run([sys.executable, "-c", KILL_AFTER_SWAP, *map(str, args), "--size", size])
+            assert res.returncode == -signal.SIGKILL
+        else:
+            assert cli(*args, "--size", size).returncode == 0
+    # New tars, old manifest: verify and stats say so instead of describing the old data.
+    res = cli("verify", out / "shards" / "kaggle")
+    assert res.returncode == 1 and "is not the one kaggle/index.json was committed with" in res.stdout
+    one_line_error(cli("stats", out / "shards" / "kaggle"), "is not the one")
+    assert (out / "manifests" / ".kaggle.parquet.partial").is_file()
+    # The rerun only renames the waiting manifest: the same bytes as a run never killed.
+    res = cli(
+        "ingest", "kaggle", "--raw", raw, "--shards", out / "shards", "--manifests", out / "manifests", "--size", "32"
+    )
+    assert res.returncode == 0 and "resumed" in res.stdout, res.stdout + res.stderr
+    strip = lambda d: {k.replace(str(out), "").replace(str(ref), ""): v for k, v in d.items()}  # noqa: E731
+    assert strip(_digests(out / "shards", out / "manifests")) == strip(_digests(ref / "shards", ref / "manifests"))
+    assert cli("verify", out / "shards" / "kaggle").returncode == 0
+
+
+# --- verify: labels and statistics ---------------------------------------------------------------------------
+
+
+def _copy_dataset(demo: Path, tmp_path: Path, dataset: str = "zoolake") -> tuple[Path, Path]:
+    shutil.copytree(demo / "shards" / dataset, tmp_path / "shards" / dataset)
+    shutil.copytree(demo / "manifests", tmp_path / "manifests")
+    return tmp_path / "shards" / dataset, tmp_path / "manifests" / f"{dataset}.parquet"
+
+
+def _edit_manifest_label(manifest: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest)
+    labels = table.column("label").to_pylist()
+    labels[0] = "edited_label"
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), manifest)
+    return table.column("key")[0].as_py()
+
+
+def test_verify_notices_an_edited_manifest_label(demo, tmp_path):
+    folder, manifest = _copy_dataset(demo, tmp_path)
+    key = _edit_manifest_label(manifest)
+    res = cli("verify", folder)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "is not the one zoolake/index.json was committed with" in res.stdout
+    assert f"{key}: json member says label" in res.stdout and "'edited_label'" in res.stdout
+
+
+def test_verify_of_an_index_without_manifest_hash_still_checks_labels(demo, tmp_path):
+    import json
+
+    folder, manifest = _copy_dataset(demo, tmp_path)
+    index = json.loads((folder / "index.json").read_text())
+    del index["manifest_sha256"]  # a folder written before the field existed
+    (folder / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    assert cli("verify", folder).returncode == 0  # no hash: that check is skipped, nothing else complains
+    key = _edit_manifest_label(manifest)
+    res = cli("verify", folder)
+    assert res.returncode == 1 and f"{key}: json member says label" in res.stdout
+    assert "committed with" not in res.stdout
+
+
+@pytest.mark.parametrize("field", ["mean", "std", "dataset_stats"])
+def test_verify_notices_edited_pixel_statistics(demo, tmp_path, field):
+    import json
+
+    folder, _ = _copy_dataset(demo, tmp_path)
+    index = json.loads((folder / "index.json").read_text())
+    if field == "dataset_stats":
+        index[field]["zoolake"][0] += 0.01
+    else:
+        index[field] += 0.01
+    (folder / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    res = cli("verify", folder)
+    assert res.returncode == 1 and ("mean/std" in res.stdout or "dataset_stats" in res.stdout), res.stdout
+
+
+def test_verify_of_a_shard_set_checks_its_manifest_hash(demo, tmp_path):
+    shutil.copytree(demo / "shards", tmp_path / "shards")
+    shutil.copytree(demo / "manifests", tmp_path / "manifests")
+    roots = ("--shards", tmp_path / "shards", "--manifests", tmp_path / "manifests")
+    assert cli("shard", "--name", "mix", "-x", "daplankton", "--samples-per-shard", "8", *roots).returncode == 0
+    assert cli("verify", tmp_path / "shards" / "mix").returncode == 0
+    _edit_manifest_label(tmp_path / "manifests" / "mix.parquet")
+    res = cli("verify", tmp_path / "shards" / "mix")
+    assert res.returncode == 1 and "committed with" in res.stdout and "json member says label" in res.stdout
+    # a build from an edited source manifest is refused in one line
+    _edit_manifest_label(tmp_path / "manifests" / "zoolake.parquet")
+    one_line_error(cli("shard", "--name", "mix2", "-i", "zoolake", "--samples-per-shard", "2", *roots), "re-ingest")

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.format.index import INDEX_NAME, manifest_path, read_index
+from plankton_data.format.index import INDEX_NAME, ShardIndex, manifest_mismatch, manifest_path, read_index
 from plankton_data.format.manifest import read_manifest
 from plankton_data.ingest.adapters import DATASET_IDS
 
@@ -42,16 +42,27 @@ def resolve_target(
     if path.is_file() and path.suffix == ".parquet":
         return Target(path, Path(shards_root))
     if (path / INDEX_NAME).is_file():
-        manifest = manifest_path(path, read_index(path))
+        index = read_index(path)
+        manifest = manifest_path(path, index)
         if manifest is None:
             raise PlanktonDataError(f"no manifest found for the shard folder {path}")
+        _check_pair(index, manifest)
         return Target(manifest, path.parent)
     named = Path(manifests_root) / f"{target}.parquet"
     if named.is_file():
+        folder = Path(shards_root) / str(target)
+        if (folder / INDEX_NAME).is_file():
+            _check_pair(read_index(folder), named)
         return Target(named, Path(shards_root))
     raise PlanktonDataError(
         f"{target} is not a manifest, a shard folder, or an ingested dataset or shard set in {manifests_root}/"
     )
+
+
+def _check_pair(index: ShardIndex, manifest: Path) -> None:
+    """Refuse a manifest that is not the one its shard folder was committed with (it would describe other data)."""
+    if mismatch := manifest_mismatch(index, manifest):
+        raise PlanktonDataError(mismatch)
 
 
 def summarize(target: Path | str, shards_root: Path | str = "shards", manifests_root: Path | str = "manifests") -> dict:

@@ -6,8 +6,11 @@ concerns one sample, the key:
 * the index: readable, counts add up to ``total``, no stray or missing tars;
 * each tar: byte size and sha256 equal to the index, every header valid (checksum, data inside the file),
   an end-of-archive marker, as many samples as the index says, each with its image and a parseable JSON;
-* the manifest: one row per sample, and for every row the image member sits exactly at ``offset``/``length``
-  and its bytes hash to ``image_sha256``; for shard sets the manifest and index come from the same build.
+* the manifest: the very file index.json was committed with (its ``manifest_sha256``; skipped for folders
+  written before the field existed), one row per sample, and for every row the image member sits exactly at
+  ``offset``/``length``, its bytes hash to ``image_sha256``, and the sample's JSON member carries the row's
+  key, label, split and the other fields both hold; index.json's pixel mean/std equal the manifest's exact
+  pixel sums; for shard sets the manifest and index come from the same build.
 
 This is the deep check that ``plankton-data shard`` leaves out (it checks source sizes and tar headers, not
 every image's sha256): run it on the ingested folders before a build, or on the set after it.
@@ -17,14 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_data.errors import PlanktonDataError
-from plankton_data.format.index import ShardIndex, ShardInfo, manifest_path, read_index
-from plankton_data.format.manifest import read_manifest
+from plankton_data.format.index import ShardIndex, ShardInfo, manifest_mismatch, manifest_path, read_index
+from plankton_data.format.manifest import dataset_pixel_stats, pixel_stats, read_manifest
 from plankton_data.format.tar import TarMember, member_key, open_mapped, read_members
 
 
@@ -74,10 +80,24 @@ def verify(path: Path | str, manifest: Path | str | None = None) -> list[Problem
     return problems
 
 
+#: Fields of a sample's JSON member that the manifest row holds too: they must agree.
+JSON_FIELDS = ("key", "dataset", "source", "label_raw", "label", "split", "subset", "instrument")
+
+
+@dataclass(frozen=True)
+class Row:
+    """What verify needs of a manifest row."""
+
+    offset: int
+    length: int
+    sha256: str
+    fields: dict  # the row's values of JSON_FIELDS
+
+
 def _manifest_rows(
     folder: Path, index: ShardIndex, manifest: Path | None
-) -> tuple[dict[str, dict[str, tuple[int, int, str]]], list[Problem]]:
-    """Manifest rows grouped by tar name: ``{tar: {key: (offset, length, image_sha256)}}``."""
+) -> tuple[dict[str, dict[str, Row]], list[Problem]]:
+    """Manifest rows grouped by tar name: ``{tar: {key: Row}}``."""
     path = manifest or manifest_path(folder, index)
     if path is None:
         return {}, [Problem("", "", f"no manifest found for {index.name} (pass it explicitly)")]
@@ -98,20 +118,48 @@ def _manifest_rows(
         )
     if table.num_rows != index.total:
         problems.append(Problem("", "", f"manifest {path} has {table.num_rows} rows, index total is {index.total}"))
-    grouped: dict[str, dict[str, tuple[int, int, str]]] = {}
-    cols = [table.column(c).to_pylist() for c in ("shard", "key", "offset", "length", "image_sha256")]
-    for shard, key, offset, length, sha in zip(*cols, strict=True):
+    if mismatch := manifest_mismatch(index, path):
+        problems.append(Problem("", "", mismatch))
+    problems += _stats_problems(index, table, path)
+    grouped: dict[str, dict[str, Row]] = {}
+    fields = [c for c in JSON_FIELDS if c in table.column_names]
+    cols = [table.column(c).to_pylist() for c in ("shard", "key", "offset", "length", "image_sha256", *fields)]
+    for shard, key, offset, length, sha, *values in zip(*cols, strict=True):
         parent, _, name = shard.rpartition("/")
         if parent != folder.name:
             problems.append(Problem(shard, key, f"manifest row points outside {folder.name}/"))
             continue
-        grouped.setdefault(name, {})[key] = (offset, length, sha)
+        grouped.setdefault(name, {})[key] = Row(offset, length, sha, dict(zip(fields, values, strict=True)))
     return grouped, problems
 
 
-def _check_shard(
-    path: Path, info: ShardInfo, rows: dict[str, tuple[int, int, str]], image_format: str
-) -> list[Problem]:
+def _stats_problems(index: ShardIndex, table: pa.Table, path: Path) -> list[Problem]:
+    """index.json's mean/std (set-wide and per dataset) against the manifest's exact per-image pixel sums."""
+    problems = []
+    found = pixel_stats(table)
+    if not _close(found, (index.mean, index.std)):
+        problems.append(
+            Problem(
+                "",
+                "",
+                f"index.json mean/std {index.mean:.6f}/{index.std:.6f} differ from the pixel sums of {path} "
+                f"({found[0]:.6f}/{found[1]:.6f})",
+            )
+        )
+    if index.dataset_stats and table.num_rows:
+        per_dataset = dataset_pixel_stats(table)
+        for d in sorted(set(per_dataset) | set(index.dataset_stats)):
+            got, want = per_dataset.get(d), index.dataset_stats.get(d)
+            if (
+                got is None
+                or want is None
+                or not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, want, strict=True))
+            ):
+                problems.append(Problem("", "", f"index.json dataset_stats of {d} {want} differ from {path}: {got}"))
+    return problems
+
+
+def _check_shard(path: Path, info: ShardInfo, rows: dict[str, Row], image_format: str) -> list[Problem]:
     if not path.is_file():
         return [Problem(info.name, "", "tar listed in index.json is missing")]
     problems = []
@@ -136,24 +184,38 @@ def _check_shard(
         for key, exts in samples.items():
             if image_format not in exts or "json" not in exts:
                 problem(key, f"sample lacks its {image_format} or json member (has {sorted(exts)})")
-            elif not _json_ok(buf[exts["json"].offset : exts["json"].offset + exts["json"].size]):
-                problem(key, "json member does not parse")
+            else:
+                meta = _json(buf[exts["json"].offset : exts["json"].offset + exts["json"].size])
+                if meta is None:
+                    problem(key, "json member does not parse")
+                elif key in rows:
+                    for name, value in rows[key].fields.items():
+                        if name in meta and meta[name] != value:
+                            problem(key, f"json member says {name} {meta[name]!r}, the manifest {value!r}")
             if key not in rows:
                 problem(key, "sample is not in the manifest")
-        for key, (offset, length, sha) in rows.items():
+        for key, row in rows.items():
             member = samples.get(key, {}).get(image_format)
             if member is None:
                 problem(key, "manifest row has no readable sample in this tar")
-            elif (member.offset, member.size) != (offset, length):
-                problem(key, f"image member is at {member.offset}+{member.size}, manifest says {offset}+{length}")
-            elif hashlib.sha256(buf[offset : offset + length]).hexdigest() != sha:
+            elif (member.offset, member.size) != (row.offset, row.length):
+                problem(
+                    key, f"image member is at {member.offset}+{member.size}, manifest says {row.offset}+{row.length}"
+                )
+            elif hashlib.sha256(buf[row.offset : row.offset + row.length]).hexdigest() != row.sha256:
                 problem(key, "image bytes do not match the manifest sha256")
     return problems
 
 
-def _json_ok(data: bytes) -> bool:
+def _close(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Equal up to float rounding (both sides come from the same exact integer sums)."""
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b, strict=True))
+
+
+def _json(data: bytes) -> dict | None:
+    """The parsed JSON member, or ``None`` if it is not a JSON object."""
     try:
-        json.loads(data)
+        meta = json.loads(data)
     except ValueError:
-        return False
-    return True
+        return None
+    return meta if isinstance(meta, dict) else None

@@ -14,6 +14,7 @@ statistics from here and never scan tars. Layout::
       "dataset_stats": {"kaggle": [0.95, 0.15], "zoolake": [0.04, 0.13]},  # the same, per source dataset
       "shards": [{"name": "kaggle-000000.tar", "count": 2000, "bytes": 41230848, "sha256": "..."}],
       "manifest": "../../manifests/kaggle.parquet",  # relative to this folder
+      "manifest_sha256": "...",         # sha256 of that manifest file, as committed ("" in older folders)
       "args": {...},                    # the arguments that produced the folder
       "version": "0.1.0"                # plankton_data version that wrote it
     }
@@ -21,6 +22,7 @@ statistics from here and never scan tars. Layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -64,9 +66,18 @@ class ShardIndex:
     dataset_stats: dict[str, list[float]] = field(default_factory=dict)
     version: str = ""
     format: str = INDEX_FORMAT
+    #: sha256 of the manifest file committed together with the folder; ``""`` in folders written before it was
+    #: recorded (their manifest is then not checked). ``verify`` compares it, so an edited or replaced manifest,
+    #: or a commit killed between the folder swap and the manifest rename, does not pass as intact.
+    manifest_sha256: str = ""
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+    def to_json(self, *, manifest_hash: bool = True) -> str:
+        """The file's text. ``manifest_hash=False`` leaves ``manifest_sha256`` out: the text as written before the
+        field existed (what a shard set's plan hashes, together with the manifest's own bytes)."""
+        data = asdict(self)
+        if not manifest_hash:
+            del data["manifest_sha256"]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def write_index(index: ShardIndex, folder: Path) -> Path:
@@ -93,6 +104,26 @@ def manifest_path(folder: Path, index: ShardIndex) -> Path | None:
     candidates = [Path(os.path.normpath(folder / index.manifest))] if index.manifest else []
     candidates.append(folder.resolve().parent.parent / "manifests" / f"{index.name}.parquet")
     return next((c for c in candidates if c.is_file()), None)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a whole file, read in 4 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def manifest_mismatch(index: ShardIndex, manifest: Path) -> str | None:
+    """Why ``manifest`` is not the file ``index`` was committed with, or ``None`` (also when the index predates
+    ``manifest_sha256`` and so cannot tell)."""
+    if not index.manifest_sha256 or file_sha256(manifest) == index.manifest_sha256:
+        return None
+    return (
+        f"manifest {manifest} is not the one {index.name}/index.json was committed with (sha256 differs): "
+        f"it was edited or replaced, or the command that wrote {index.name} was interrupted; rerun that command"
+    )
 
 
 def swap_in(staging: Path, final: Path, tag: str) -> None:

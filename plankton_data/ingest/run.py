@@ -33,9 +33,17 @@ import pyarrow.parquet as pq
 
 from plankton_data import __version__
 from plankton_data.compat import batched
-from plankton_data.errors import MissingRawData
+from plankton_data.errors import MissingRawData, PlanktonDataError
 from plankton_data.format.atomic import commit, partial_path
-from plankton_data.format.index import ShardIndex, ShardInfo, manifest_ref, swap_in, write_index
+from plankton_data.format.index import (
+    ShardIndex,
+    ShardInfo,
+    file_sha256,
+    manifest_ref,
+    read_index,
+    swap_in,
+    write_index,
+)
 from plankton_data.format.lock import output_lock
 from plankton_data.format.manifest import (
     MANIFEST_SCHEMA,
@@ -132,6 +140,8 @@ def _ingest(
             raise MissingRawData(f"{raw} does not hold {info.title}: expected {info.layout} (pass {info.raw_hint})")
         scan.records.sort(key=lambda r: r.source)
         plan = _plan_id(dataset, scan, config, records_per_shard)
+        if finished := _finish_commit(dataset, shards_root / dataset, manifests_root, plan, start):
+            return finished
         staging = shards_root / f".{dataset}.staging-{plan}"
         staging.mkdir(parents=True, exist_ok=True)
         chunks = [scan.records[i : i + records_per_shard] for i in range(0, len(scan.records), records_per_shard)]
@@ -249,8 +259,7 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
         tables.append(table.replace_schema_metadata(None))
     manifest = pa.concat_tables(tables).cast(MANIFEST_SCHEMA) if tables else MANIFEST_SCHEMA.empty_table()
     mean, std = pixel_stats(manifest)
-    manifest_path = manifests_root / f"{dataset}.parquet"
-    rejects_path = manifests_root / f"{dataset}.rejects.parquet"
+    manifest_path, rejects_path = _outputs(dataset, manifests_root)
     final = shards_root / dataset
     staged = [rejects_path, manifest_path]  # renamed in this order once the folder is in: the manifest last
     try:
@@ -259,9 +268,8 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
         for path in staged:
             if path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the manifest", str(path))
-        write_table(
-            to_table([dict(asdict(r), dataset=dataset) for r in rejects], REJECTS_SCHEMA), rejects_path, rename=False
-        )
+        reject_rows = [dict(asdict(r), dataset=dataset) for r in rejects]
+        write_table(to_table(reject_rows, REJECTS_SCHEMA), rejects_path, rename=False)
         write_table(manifest, manifest_path, rename=False)
         write_index(
             ShardIndex(
@@ -275,6 +283,7 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
                 dataset_stats=dataset_pixel_stats(manifest),
                 shards=infos,
                 manifest=manifest_ref(final, manifest_path),
+                manifest_sha256=file_sha256(partial_path(manifest_path)),
                 args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
                 version=__version__,
             ),
@@ -289,6 +298,46 @@ def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, 
         raise
     for path in staged:
         commit(partial_path(path), path, fsync=False)  # fsynced when written
+    return _report(dataset, manifest, rejects, infos, final, manifests_root, resumed, seconds)
+
+
+def _outputs(dataset: str, manifests_root: Path) -> tuple[Path, Path]:
+    """The manifest and the rejects list of ``dataset``."""
+    return manifests_root / f"{dataset}.parquet", manifests_root / f"{dataset}.rejects.parquet"
+
+
+def _finish_commit(dataset: str, final: Path, manifests_root: Path, plan: str, start: float) -> IngestReport | None:
+    """Complete a commit of this very plan that was stopped between the folder swap and the manifest rename.
+
+    The folder ``final`` is then this plan's, and its manifest waits under its temp name with the sha256 that
+    index.json records: renaming the two Parquet files is all that is left. ``None`` when there is no such
+    commit to finish (the usual case), and the ingest runs as normal.
+    """
+    manifest_path, rejects_path = _outputs(dataset, manifests_root)
+    pending = partial_path(manifest_path)
+    try:
+        index = read_index(final)
+    except PlanktonDataError:
+        return None
+    if index.args.get("plan") != plan or not index.manifest_sha256 or not pending.is_file():
+        return None
+    rejects_file = next((f for f in (partial_path(rejects_path), rejects_path) if f.is_file()), None)
+    if rejects_file is None or file_sha256(pending) != index.manifest_sha256:
+        return None
+    manifest, rejects_table = pq.read_table(pending), pq.read_table(rejects_file)
+    for path in (rejects_path, manifest_path):
+        if partial_path(path).is_file():
+            commit(partial_path(path), path, fsync=False)
+    rejects = [Reject(r["source"], r["reason"], r["label_raw"], r["kind"]) for r in rejects_table.to_pylist()]
+    log.info("finished the interrupted commit of %s (plan %s)", final, plan)
+    return _report(
+        dataset, manifest, rejects, index.shards, final, manifests_root, len(index.shards), time.perf_counter() - start
+    )
+
+
+def _report(dataset, manifest, rejects, infos, final, manifests_root, resumed, seconds) -> IngestReport:
+    manifest_path, rejects_path = _outputs(dataset, manifests_root)
+    mean, std = pixel_stats(manifest)
     labels = manifest.column("label_raw").to_pylist()
     return IngestReport(
         dataset=dataset,

@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
 from plankton_data.format.atomic import name_target
-from plankton_data.format.index import ShardInfo
+from plankton_data.format.index import ShardInfo, file_sha256
 from plankton_data.format.tar import BLOCK, NAME_FIELD, SIZE_FIELD, end_of_archive, padded, parse_octal
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers per writev
@@ -285,7 +285,7 @@ def _resume_or_write(staging: Path, layout: Layout, i: int, views: list[memoryvi
     done = path.with_name(path.name + ".done")
     try:
         info = ShardInfo(**json.loads(done.read_text()))
-        if path.stat().st_size == info.bytes and _sha256_file(path) == info.sha256:
+        if path.stat().st_size == info.bytes and file_sha256(path) == info.sha256:
             return info, True
     except (OSError, ValueError, TypeError):
         pass
@@ -343,11 +343,3 @@ def write_all(fd: int, bufs: list) -> None:
                 break
             written -= len(buf)
             i += 1
-
-
-def _sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
