@@ -16,7 +16,6 @@ import logging
 import os
 from typing import Annotated
 
-import click
 import typer
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -38,7 +37,7 @@ _RESTART = "nothing half-written is kept under a final name; rerun the same comm
 class _Commands(TyperGroup):
     """The command group; its :meth:`invoke` is the one error handler of the CLI."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]  # typer hands its own Context
         try:
             return super().invoke(ctx)
         except (PlanktonError, OSError) as exc:

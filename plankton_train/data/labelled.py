@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,7 @@ class _TarFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._pid = -1
-        self._open: dict[str, object] = {}
+        self._open: dict[str, BinaryIO] = {}
 
     def read(self, shard: str, offset: int, length: int) -> bytes:
         if self._pid != os.getpid():
@@ -101,7 +102,8 @@ class TrainAugment:
     """The pretraining augmentations (resize, random resized crop, flips) as a picklable transform."""
 
     def __init__(self, out_size: int, scale: tuple[float, float], resize: int) -> None:
-        self.out_size, self.scale, self.resize = out_size, tuple(scale), resize
+        self.out_size, self.resize = out_size, resize
+        self.scale = (float(scale[0]), float(scale[1]))
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return train_transform(img, rng, out_size=self.out_size, scale=self.scale, resize=self.resize)
@@ -170,7 +172,9 @@ class LabelledImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(img))[None], int(self.targets[i])
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
+def make_loader(
+    dataset: LabelledImages, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
+) -> DataLoader:
     """A DataLoader that yields at least one batch for any non-empty dataset.
 
     ``drop_last`` is off and the batch is capped at the dataset size, so a 3-image 1 % training set gives one

@@ -20,6 +20,7 @@ from plankton_train.data.augment import normalize
 from plankton_train.engine.device import autocast
 from plankton_train.engine.optim import cosine_lr, set_lr
 from plankton_train.errors import FinetuneError
+from plankton_train.models.classifier import PlanktonClassifier
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class EpochSchedule:
 
 @torch.no_grad()
 def predict_probs(
-    model: nn.Module,
+    model: PlanktonClassifier,
     loader: torch.utils.data.DataLoader,
     mean: float,
     std: float,
@@ -120,7 +121,7 @@ def fit(
     """
     nll = nn.NLLLoss()
     epochs = schedule.epochs
-    best = (-1.0, math.inf, epochs - 1, None)  # (val acc, val loss, epoch, CPU state dict)
+    best: tuple[float, float, int, dict | None] = (-1.0, math.inf, epochs - 1, None)  # (acc, loss, epoch, state)
     history, t0 = [], time.perf_counter()
     for epoch in range(epochs):
         loaders["train"].dataset.set_epoch(epoch)

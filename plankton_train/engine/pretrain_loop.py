@@ -186,7 +186,7 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         """All ranks call this; rank 0 writes ``checkpoints/step-N.pt`` and prunes old ones."""
-        states = [None] * self.dd.world
+        states: list[dict | None] = [None] * self.dd.world
         if self.dd.world > 1:
             dist.all_gather_object(states, rng_state())
         else:
@@ -224,7 +224,7 @@ class Trainer:
         images = batch["images"].to(self.dd.device, non_blocking=True)
         images = normalize(images, self.sample_mean[index], self.sample_std[index])
         gen = mask_generator(self.seed, self.dd.rank, batch["position"], self.dd.device)
-        sync = nullcontext() if last or self.dd.world == 1 else self.ddp.no_sync()
+        sync = nullcontext() if not isinstance(self.ddp, DistributedDataParallel) or last else self.ddp.no_sync()
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
         with sync:
             with amp:

@@ -14,7 +14,7 @@ import torch
 
 def rng_state() -> dict:
     """This process's RNG states (torch CPU/CUDA, numpy, python) as checkpoint-safe values."""
-    np_state = np.random.get_state()
+    np_state: tuple = np.random.get_state(legacy=True)  # type: ignore[assignment]  # legacy form is a tuple
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],

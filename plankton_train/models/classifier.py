@@ -207,8 +207,9 @@ class PlanktonClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder.module
         self.spec = encoder.spec  # rebuild spec, stored with checkpoints
-        self.pretrained_norm = encoder.norm  # input (mean, std) the encoder weights expect, if known
-        dim = self.encoder.num_features
+        # input (mean, std) the encoder weights expect, if known
+        self.pretrained_norm: tuple[float, float] | None = encoder.norm
+        dim: int = self.encoder.num_features  # type: ignore[assignment]  # an int on every timm model
         self.head = nn.Sequential(
             nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, num_classes)
         )

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import safetensors.torch
 import timm
 import torch
 from timm.models import save_for_hf
-from timm.models.vision_transformer import checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from plankton_train.errors import CheckpointError
@@ -107,7 +108,9 @@ def load_encoder(path: Path | str, num_classes: int = 0, **timm_kwargs) -> nn.Mo
     path = Path(path)
     arch, model_args, data_cfg, weights = _encoder_source(path)
     kwargs = {**model_args, **timm_kwargs, "num_classes": num_classes}
-    model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=data_cfg, **kwargs)
+    model = cast(
+        VisionTransformer, timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=data_cfg, **kwargs)
+    )
     weights = checkpoint_filter_fn(weights, model)  # resamples pos_embed / patch_embed if sizes changed
     result = model.load_state_dict(weights, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(_FRESH)]

@@ -131,7 +131,7 @@ def config_file(init: str, hub_id: str, pretrained: bool) -> tuple[Path, bool]:
     """``config.json`` of hub repo ``hub_id`` and whether its files must be loaded offline."""
     from huggingface_hub import hf_hub_download
 
-    needs = [("config.json",), weight_files()] if pretrained else [("config.json",)]
+    needs: list[tuple[str, ...]] = [("config.json",), weight_files()] if pretrained else [("config.json",)]
     cached_only = check(init, hub_id, needs, local_copy_hint(hub_id, weights_file=False))
     repo, _, rev = hub_id.partition("@")
     try:
