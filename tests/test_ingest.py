@@ -194,6 +194,7 @@ def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a" / "shards").iterdir()) == ["kaggle"]
 
 
+@pytest.mark.slow  # a real SIGKILL mid-ingest, then the rerun
 def test_killed_run_leaves_no_partial_output_and_rerun_completes(tmp_path):
     raw = _big_kaggle_zip(tmp_path / "train.zip", 3000)
     args = ["ingest", "kaggle", "--raw", str(raw), "--records-per-shard", "100", "--workers", "1"]

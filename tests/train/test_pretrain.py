@@ -183,6 +183,7 @@ def _ddp_rank(shards: str, out: str) -> None:
     Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
 
 
+@pytest.mark.slow  # two torchrun ranks: ~45 s on 2 cores; `make test` (and CI) runs it, `make test-fast` skips it
 def test_two_process_gloo_ddp_gives_equal_disjoint_batches(synthetic_shards, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
