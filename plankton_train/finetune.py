@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -38,9 +38,10 @@ from plankton_train.data.labelled import (
 )
 from plankton_train.engine.device import resolve_device
 from plankton_train.engine.finetune_loop import EpochSchedule, fit, predict_probs
-from plankton_train.engine.optim import layer_decay_groups
+from plankton_train.engine.optim import clamp_warmup, layer_decay_groups
 from plankton_train.errors import FinetuneError
 from plankton_train.models.classifier import EncoderSpec, build_classifier, save_classifier
+from plankton_train.models.registry import is_large
 from plankton_train.protocol.report import PREDICTIONS_NAME, classification_metrics
 from plankton_train.protocol.splits import read_splits, select
 
@@ -135,7 +136,8 @@ def _fit(
     groups = layer_decay_groups(model, recipe.weight_decay, recipe.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=recipe.lr, fused=device.type == "cuda")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    schedule = EpochSchedule(recipe.epochs, recipe.warmup_epochs, recipe.lr, recipe.min_lr)
+    warmup = clamp_warmup(recipe.warmup_epochs, recipe.epochs, unit="epochs")
+    schedule = EpochSchedule(recipe.epochs, warmup, recipe.lr, recipe.min_lr)
     return fit(model, loaders, optimizer, loss_fn, schedule, mean, std, device)
 
 
@@ -148,7 +150,13 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     loaders, classes, dataset_stats = _loaders(cell, recipe)
+    if "img_size" not in encoder.model_kwargs:  # the network's input side follows the recipe, for every init
+        encoder = replace(encoder, model_kwargs={**encoder.model_kwargs, "img_size": recipe.img_size})
     model = build_classifier(encoder, len(classes)).to(device)
+    if device.type == "cpu" and is_large(model.spec.arch):
+        log.warning(
+            "fine-tuning %s (ViT-L or larger) on a CPU: expect hours per epoch; a GPU is advised", model.spec.arch
+        )
     if recipe.normalization not in ("dataset", "encoder"):
         raise FinetuneError(f"normalization must be dataset or encoder, got {recipe.normalization!r}")
     # "encoder" falls back to the dataset's statistics when the weights carry none (random init).

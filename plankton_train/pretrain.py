@@ -13,8 +13,9 @@ This module is the wiring: it checks the configuration, builds the stream, model
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,15 @@ from plankton_data.format.keys import key_dataset
 from plankton_train import __version__
 from plankton_train.data.stream import ShardStream, StreamLoader
 from plankton_train.engine.device import Dist, init_distributed
-from plankton_train.engine.optim import param_groups
+from plankton_train.engine.optim import clamp_warmup, param_groups
 from plankton_train.engine.pretrain_loop import BatchFn, Cadence, EventFn, Schedule, Trainer
 from plankton_train.errors import PretrainError
 from plankton_train.models.checkpoint import load_checkpoint
 from plankton_train.models.export import export_encoder
-from plankton_train.models.mae import MAE, MODELS, build_mae
+from plankton_train.models.mae import MAE, MODELS, MAEConfig, build_mae
+from plankton_train.models.registry import is_large
+
+log = logging.getLogger(__name__)
 
 #: The resolved configuration in the run folder (not ``config.json``: that name means a timm model folder).
 RUN_CONFIG = "run_config.json"
@@ -63,6 +67,12 @@ class PretrainConfig:
     log_every: int = 20  # optimiser steps between metric records
     ckpt_every: int = 1000  # optimiser steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # periodic checkpoints kept (the newest)
+    img_size: int = 0  # network input side in px; 0: the model's own (MODELS[model].img_size)
+
+    def model_config(self) -> MAEConfig:
+        """The MAE architecture of this run: the registry entry, at ``img_size`` when that is set."""
+        base = MODELS[self.model]
+        return replace(base, img_size=self.img_size) if self.img_size else base
 
     def validate(self) -> None:
         """Raise :class:`PretrainError` on values that cannot work."""
@@ -75,6 +85,11 @@ class PretrainConfig:
             raise PretrainError(f"normalization must be one of {', '.join(NORMALIZATIONS)}: {self.normalization!r}")
         if self.blr <= 0 or self.epochs <= 0 or self.workers < 0 or self.ckpt_every < 0:
             raise PretrainError("blr and epochs must be > 0; workers and ckpt_every >= 0")
+        patch = MODELS[self.model].patch_size
+        if self.img_size < 0 or self.img_size % patch:
+            raise PretrainError(
+                f"img_size must be a positive multiple of the patch size {patch} (or 0), not {self.img_size}"
+            )
 
 
 @dataclass
@@ -137,10 +152,11 @@ class _Built:
 def _build(cfg: PretrainConfig, dd: Dist, on_event: EventFn | None, on_batch: BatchFn | None) -> _Built:
     """Stream, loader, schedule, model and optimiser of a run, in that order: bad input fails before a large
     model is built."""
+    mae_cfg = cfg.model_config()
     stream = ShardStream(
         cfg.shards,
         cfg.batch_size,
-        out_size=MODELS[cfg.model].img_size,
+        out_size=mae_cfg.img_size,
         seed=cfg.seed,
         rank=dd.rank,
         world_size=dd.world,
@@ -154,16 +170,24 @@ def _build(cfg: PretrainConfig, dd: Dist, on_event: EventFn | None, on_batch: Ba
         raise PretrainError(f"eff_batch {cfg.eff_batch} is not a multiple of batch_size x world size = {per_step}")
     accum = cfg.eff_batch // per_step
     micro = stream.batches_per_epoch
+    total_steps = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * micro / accum)
+    warmup_steps = cfg.warmup_steps if cfg.warmup_steps >= 0 else round(cfg.warmup_epochs * micro / accum)
     schedule = Schedule(
-        total_steps=cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * micro / accum),
-        warmup_steps=cfg.warmup_steps if cfg.warmup_steps >= 0 else round(cfg.warmup_epochs * micro / accum),
+        total_steps=total_steps,
+        warmup_steps=clamp_warmup(warmup_steps, total_steps, unit="steps"),
         accum=accum,
         base_lr=cfg.blr * cfg.eff_batch / 256,
         min_lr=cfg.min_lr,
     )
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
-    model = build_mae(cfg.model).to(dd.device)
+    if dd.device.type == "cpu" and is_large(mae_cfg.arch) and dd.rank == 0:
+        log.warning(
+            "%s (%s) is a GPU-sized model: on a CPU one step takes minutes; for a CPU try --model mae_cpu64",
+            cfg.model,
+            mae_cfg.arch,
+        )
+    model = build_mae(mae_cfg).to(dd.device)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=schedule.base_lr, betas=(cfg.beta1, cfg.beta2), fused=cuda
     )

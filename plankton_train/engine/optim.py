@@ -8,11 +8,14 @@ per-parameter ``lr_scale`` (layer-wise decay) that :func:`set_lr` multiplies in.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 NO_DECAY_KEYWORDS = ("pos_embed", "cls_token", "mask_token", "dist_token")
 
@@ -97,3 +100,22 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
     return param_groups(
         model, weight_decay, lr_scale_fn=lambda name: layer_decay ** (depth + 1 - layer_id(name, depth))
     )
+
+
+def clamp_warmup(warmup: int, total: int, *, unit: str) -> int:
+    """``warmup`` cut to half the schedule when it is as long as the schedule or longer, with a warning.
+
+    A warmup of ``total`` or more never reaches the peak learning rate (a short smoke run would stay in warmup).
+    """
+    if total > 0 and warmup >= total:
+        clamped = total // 2
+        log.warning(
+            "warmup of %d %s is not shorter than the schedule (%d %s): clamped to %d",
+            warmup,
+            unit,
+            total,
+            unit,
+            clamped,
+        )
+        return clamped
+    return warmup

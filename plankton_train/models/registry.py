@@ -11,14 +11,27 @@ from pathlib import Path
 
 from plankton_train.errors import ModelInitError
 
-#: Pretraining encoders (keys of :data:`plankton_train.models.mae.MODELS`); ``mae_test`` is for CPU tests.
+#: Pretraining encoders (keys of :data:`plankton_train.models.mae.MODELS`). ``mae_cpu64`` (64 px, 8 px patches,
+#: width 96, depth 4) is sized for a CPU: it learns something in minutes on 2 cores; ``mae_test`` is for tests.
 MODEL_NAMES: tuple[str, ...] = (
     "vit_large_patch16_224",
     "vit_base_patch16_224",
     "vit_small_patch16_224",
     "vit_tiny_patch16_224",
+    "mae_cpu64",
     "mae_test",
 )
+#: Models sized for a CPU (the rest want a GPU).
+CPU_MODELS: tuple[str, ...] = ("mae_cpu64", "mae_test")
+#: Encoders too large to train on a CPU (a warning when such a run starts on one); matched as name prefixes.
+LARGE_ARCHS: tuple[str, ...] = ("vit_large", "vit_huge", "vit_giant", "vit_gigantic")
+
+
+def is_large(arch: str) -> bool:
+    """True for ViT-L and larger (``vit_large_patch16_224``, ``timm:vit_huge_...``, ...)."""
+    name = arch.split(":", 1)[-1].rsplit("/", 1)[-1]
+    return name.startswith(LARGE_ARCHS)
+
 
 #: Named inits and the timm tags they stand for: the paper's ImageNet baseline is MAE on ImageNet-1k.
 IMAGENET_TAGS = {
