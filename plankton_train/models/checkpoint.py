@@ -9,6 +9,7 @@ format lives here, below both, and not in the engine.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -23,10 +24,36 @@ _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
-    """Write ``state`` atomically (temp file + fsync + rename), so a crash never leaves half a file."""
+    """Write ``state`` atomically (temp file + fsync + rename), so a crash never leaves half a file.
+
+    The file carries ``digest``, a sha256 over every value in it, which :func:`load_checkpoint` checks: a
+    flipped bit in the weights would otherwise load without a word (torch checks no data checksums).
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
+        torch.save({"format": CHECKPOINT_FORMAT, **state, "digest": state_digest(state)}, fh)
     return path
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over every tensor's bytes and every other value of ``state``, in a fixed (sorted key) order."""
+    h = hashlib.sha256()
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            h.update(f"{where}:{value.dtype}:{tuple(value.shape)}".encode())
+            h.update(data)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                walk(value[key], f"{where}/{key!r}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        else:
+            h.update(f"{where}={value!r}".encode())
+
+    walk({k: v for k, v in state.items() if k not in ("format", "digest", "path")}, "")
+    return h.hexdigest()
 
 
 def step_checkpoint_name(step: int) -> str:
@@ -55,6 +82,9 @@ def load_checkpoint(path: Path | str) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a plankton-train MAE checkpoint")
+    stored = state.pop("digest", None)  # checkpoints written before the digest existed have none
+    if stored is not None and stored != state_digest(state):
+        raise CheckpointError(f"{path} is damaged: its contents do not match the digest written with it")
     state["path"] = str(path)
     return state
 
