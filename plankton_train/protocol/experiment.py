@@ -22,6 +22,7 @@ import pandas as pd
 import tomllib
 import yaml
 
+from plankton_data.format.atomic import atomic_path
 from plankton_train.errors import ExperimentError
 from plankton_train.finetune import Cell, Recipe, finetune
 from plankton_train.models.classifier import EncoderSpec
@@ -196,13 +197,10 @@ def run_experiment(exp: Experiment, *, out: Path | str | None = None) -> pd.Data
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(exp, out / SETTINGS_NAME)
     results_path = out / RESULTS_NAME
-    done = set()
-    if results_path.is_file():
-        prev = pd.read_csv(results_path)
-        done = {
-            (m, g, float(f), int(k))
-            for m, g, f, k in prev[["model", "group", "fraction", "fold"]].itertuples(index=False)
-        }
+    prev = read_results_csv(results_path)
+    done = {
+        (m, g, float(f), int(k)) for m, g, f, k in prev[["model", "group", "fraction", "fold"]].itertuples(index=False)
+    }
     cells = grid(exp)
     todo = [c for c in cells if c not in done]
     log.info("%d cells, %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
@@ -220,9 +218,9 @@ def run_experiment(exp: Experiment, *, out: Path | str | None = None) -> pd.Data
             "fold": fold,
             "run_dir": run_dir.as_posix(),
         }
-        pd.DataFrame([{c: row[c] for c in RESULT_COLUMNS}]).to_csv(
-            results_path, mode="a", header=not results_path.is_file(), index=False
-        )
+        prev = pd.concat([prev, pd.DataFrame([{c: row[c] for c in RESULT_COLUMNS}])], ignore_index=True)
+        with atomic_path(results_path) as tmp:  # the whole table, never a half-appended row
+            prev.to_csv(tmp, index=False)
         log.info(
             "    test accuracy %.4f (val %.4f, best epoch %d, %.0f s)",
             res.accuracy,
@@ -230,4 +228,26 @@ def run_experiment(exp: Experiment, *, out: Path | str | None = None) -> pd.Data
             res.best_epoch,
             res.seconds,
         )
-    return pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=RESULT_COLUMNS)
+    return prev
+
+
+def read_results_csv(path: Path) -> pd.DataFrame:
+    """The finished rows of an experiment's ``results.csv`` (an empty table if there is none yet).
+
+    A row cut short (by a crash while an older version appended to the file) is dropped with a warning, so
+    its cell is run again instead of counting as done with empty metrics.
+    """
+    if not path.is_file():
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"{path} is not a results table ({str(exc).splitlines()[0]})") from exc
+    missing = [c for c in RESULT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ExperimentError(f"{path} lacks the columns {missing}: not written by plankton-train experiment")
+    # a row cut short loses its last fields first; run_dir is the last column and never empty
+    complete = table[["model", "group", "fraction", "fold", "accuracy", "run_dir"]].notna().all(axis=1)
+    if not complete.all():
+        log.warning("%s: %d incomplete row(s) dropped; their cells will be run again", path, int((~complete).sum()))
+    return table[complete].reset_index(drop=True)

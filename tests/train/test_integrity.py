@@ -1,4 +1,4 @@
-"""Training checkpoints carry a digest of everything in them: bit rot in the weights is refused, not trained on."""
+"""Integrity of what training writes: checkpoints carry a digest (bit rot is refused), results rows are whole."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ def test_checkpoints_from_before_the_digest_still_load(tmp_path):
     path = tmp_path / "step-00000001.pt"
     torch.save({"format": "plankton-mae-checkpoint/1", **state}, path)  # as written before digests existed
     assert load_checkpoint(path)["step"] == 7
+
+
+def test_a_results_row_cut_short_is_not_a_finished_cell(tmp_path, caplog):
+    import logging
+
+    from plankton_train.protocol.experiment import RESULT_COLUMNS, read_results_csv
+
+    row = ",".join(
+        {"model": "m", "group": "g", "fraction": "0.1", "fold": "0", "run_dir": "runs/m/g/10pct/fold0"}.get(c, "1")
+        for c in RESULT_COLUMNS
+    )
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(RESULT_COLUMNS) + "\n" + row + "\n" + row.replace("fold0", "fold1")[:25] + "\n")
+    with caplog.at_level(logging.WARNING):
+        done = read_results_csv(path)
+    assert len(done) == 1 and done.loc[0, "fold"] == 0 and "1 incomplete row(s) dropped" in caplog.text
+    assert read_results_csv(tmp_path / "none.csv").empty
