@@ -7,10 +7,14 @@ Over runs (:func:`write_report`, from the experiment's ``results.csv``):
 * ``accuracy.md`` / ``accuracy.csv`` - Table 3 layout: mean +/- std test accuracy (%) over folds, one row
   per group (instrument) and model, one column per labelled fraction;
 * ``metrics.csv`` - the same cells with balanced accuracy, macro-F1 and ECE (mean and std over folds);
-* ``accuracy_vs_fraction.png`` - Figures 4/6: accuracy against fraction, one panel per group, one line per
-  model, error bars = std over folds;
-* ``confusion/<group>__<model>__<pct>.png`` - Figure 5: row-normalised confusion matrix pooled over folds
-  with each class's accuracy (recall) beside it; ``per_class.csv`` - precision/recall/F1/support per class.
+* ``accuracy_vs_fraction.png`` - Figures 4/6: accuracy, balanced accuracy and macro-F1 against fraction (a
+  row of panels per group, one line per model, error bars = std over folds, y axis from 0 to 100 %);
+* ``confusion/<group>__<model>__<pct>.png`` - Figure 5: row-normalised confusion matrix pooled over folds,
+  with a colour bar, per-class test counts and each class's accuracy (recall) beside it;
+* ``reliability/<group>__<model>__<pct>.png`` - reliability diagram of the pooled predictions, with its ECE;
+* ``per_class.csv`` - precision/recall/F1/support per class.
+
+Every figure is written as PNG (200 dpi) and as PDF, same name.
 """
 
 from __future__ import annotations
@@ -113,59 +117,106 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def plot_accuracy_vs_fraction(results: pd.DataFrame, path: Path) -> Path:
-    """One panel per group: mean test accuracy vs labelled fraction (log x), std over folds as error bars."""
+FIGURE_DPI = 200  # PNG resolution; every figure is also written as a vector PDF beside it
+METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path | str) -> list[Path]:
+    """Write ``fig`` as ``path`` (PNG, :data:`FIGURE_DPI` dpi) and the same name with ``.pdf``; close it.
+
+    Returns ``[png, pdf]``. The PDF carries no creation date, so the same figure gives the same bytes.
+    """
+    path = Path(path).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf = path.with_suffix(".pdf")
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    _pyplot().close(fig)
+    return [path, pdf]
+
+
+def plot_accuracy_vs_fraction(results: pd.DataFrame, path: Path) -> list[Path]:
+    """Figures 4/6: test accuracy, balanced accuracy and macro-F1 (columns; those the results have) against
+    the labelled fraction (log x), one row of panels per group, one line per model, error bars = std over
+    folds. The y axis runs from 0 to 100 % in every panel so that gaps between models are not magnified; the
+    tick labels of the x axis give the mean number of labelled training images when the results record it.
+
+    Returns the PNG and PDF paths.
+    """
+    plt = _pyplot()
     summary = cell_summary(results)
+    metrics = [m for m in METRIC_LABELS if f"{m}_mean" in summary.columns]
     groups = sorted(summary["group"].unique())
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False, sharey=True)
-    for ax, group in zip(axes[0], groups, strict=True):
-        for model, rows in summary[summary["group"] == group].groupby("model", sort=True):
-            rows = rows.sort_values("fraction")
-            ax.errorbar(
-                rows["fraction"] * 100,
-                rows["accuracy_mean"] * 100,
-                yerr=rows["accuracy_std"].fillna(0) * 100,
-                marker="o",
-                capsize=3,
-                label=model,
-            )
-        ax.set_xscale("log")
-        fractions = sorted(summary["fraction"].unique())
-        ax.set_xticks([f * 100 for f in fractions], [_pct(f) for f in fractions])
-        ax.set_title(group, fontsize=10)
-        ax.set_xlabel("labelled training data")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][-1].legend(fontsize=8)
+    n_train = results.groupby(["group", "fraction"])["n_train"].mean() if "n_train" in results.columns else None
+    fig, axes = plt.subplots(
+        len(groups), len(metrics), figsize=(3.6 * len(metrics), 3.2 * len(groups)), squeeze=False, sharey=True
+    )
+    for r, group in enumerate(groups):
+        rows_g = summary[summary["group"] == group]
+        fractions = sorted(rows_g["fraction"].unique())
+        ticks = [_pct(f) + (f"\n({n_train[(group, f)]:,.0f})" if n_train is not None else "") for f in fractions]
+        for c, metric in enumerate(metrics):
+            ax = axes[r][c]
+            for model, rows in rows_g.groupby("model", sort=True):
+                rows = rows.sort_values("fraction")
+                ax.errorbar(
+                    rows["fraction"] * 100,
+                    rows[f"{metric}_mean"] * 100,
+                    yerr=rows[f"{metric}_std"].fillna(0) * 100,
+                    marker="o",
+                    capsize=3,
+                    label=model,
+                )
+            ax.set_xscale("log")
+            ax.set_xticks([f * 100 for f in fractions], ticks, fontsize=8)
+            ax.minorticks_off()
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{group}: {METRIC_LABELS[metric]}", fontsize=9)
+            ax.set_xlabel("labelled training data" + (" (images)" if n_train is not None else ""), fontsize=8)
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.set_ylabel("test score (%), axis from 0", fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def plot_confusion(labels: Sequence[str], preds: Sequence[str], classes: Sequence[str], path: Path, title: str) -> Path:
-    """Row-normalised confusion matrix (true rows, predicted columns) plus per-class accuracy bars."""
-    import matplotlib
+def plot_confusion(
+    labels: Sequence[str], preds: Sequence[str], classes: Sequence[str], path: Path, title: str
+) -> list[Path]:
+    """Row-normalised confusion matrix (true rows, predicted columns) with a colour bar, each class's number
+    of test images in its row label, and per-class accuracy (recall) bars beside it.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    The figure grows with the number of classes (about 0.22 in per class) so names stay readable at 35+
+    classes; column labels are rotated. Returns the PNG and PDF paths.
+    """
+    plt = _pyplot()
     cm = confusion_matrix(labels, preds, labels=list(classes)).astype(np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(classes)
-    side = max(4.0, 0.32 * n + 2.5)
-    fig, (ax, bar) = plt.subplots(1, 2, figsize=(side + 2.5, side), gridspec_kw={"width_ratios": [side, 2.0]})
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), classes, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    side = max(3.5, 0.22 * n + 1.5)
+    font = 8 if n <= 40 else 6
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    fig, ax = plt.subplots(figsize=(side + 3.6, side + 1.4))
+    divider = make_axes_locatable(ax)  # colour bar and bars get the matrix's height
+    cax = divider.append_axes("right", size=0.18, pad=0.1)
+    bar = divider.append_axes("right", size=1.6, pad=0.7)
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, aspect="equal")
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(range(n), [f"{c} (n={int(k)})" for c, k in zip(classes, rows[:, 0], strict=True)], fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (test images)")
     ax.set_title(title, fontsize=9)
     if n <= 20:
         for i, j in zip(*np.nonzero(cm), strict=True):
@@ -178,15 +229,76 @@ def plot_confusion(labels: Sequence[str], preds: Sequence[str], classes: Sequenc
                 fontsize=6,
                 color="white" if norm[i, j] > 0.5 else "black",
             )
+    fig.colorbar(image, cax=cax, label="share of the true class")
     bar.barh(range(n), np.diag(norm) * 100, color="tab:blue")
     bar.set_ylim(n - 0.5, -0.5)
     bar.set_yticks([])
     bar.set_xlim(0, 100)
     bar.set_xlabel("class accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    bar.grid(axis="x", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> pd.DataFrame:
+    """Per equal-width confidence bin (as :func:`expected_calibration_error`): ``lo``, ``hi``, ``n``,
+    ``confidence`` (mean) and ``accuracy``; NaN where a bin is empty."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    n = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(which, confidence, bins) / n
+        acc = np.bincount(which, correct, bins) / n
+    edges = np.linspace(0, 1, bins + 1)
+    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "n": n, "confidence": conf, "accuracy": acc})
+
+
+def plot_reliability(
+    confidence: Sequence[float], correct: Sequence[bool], path: Path, title: str, bins: int = 15
+) -> list[Path]:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, the gap shaded, ECE in the
+    legend; below it the number of predictions per bin. Returns the PNG and PDF paths."""
+    plt = _pyplot()
+    conf, right = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    table = reliability_bins(conf, right, bins)
+    ece = expected_calibration_error(conf, right, bins)
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(4.2, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
+    )
+    width = 1 / bins
+    full = table[table["n"] > 0]
+    ax.bar(
+        full["lo"],
+        full["accuracy"],
+        width=width,
+        align="edge",
+        color="tab:blue",
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    ax.bar(
+        full["lo"],
+        (full["confidence"] - full["accuracy"]).abs(),
+        bottom=np.minimum(full["accuracy"], full["confidence"]),
+        width=width,
+        align="edge",
+        facecolor="none",
+        edgecolor="tab:red",
+        hatch="///",
+        label="gap to mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE = {100 * ece:.2f} % ({bins} bins, {len(conf):,} predictions)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    hist.bar(table["lo"], table["n"], width=width, align="edge", color="gray", edgecolor="white")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("predictions")
+    hist.grid(alpha=0.3)
+    return save_figure(fig, path)
 
 
 def _slug(text: str) -> str:
@@ -212,7 +324,8 @@ def write_report(
 
     Confusion matrices and per-class metrics are pooled over the folds of each cell and need the runs'
     ``test_predictions.parquet`` (found through the results' ``run_dir``, relative to the results file).
-    ``confusion_fractions`` limits which fractions get a confusion PNG (default: all).
+    ``confusion_fractions`` limits which fractions get confusion and reliability figures (default: all).
+    Every figure is a PNG (:data:`FIGURE_DPI` dpi) with a PDF of the same name beside it.
     """
     results_path, out = Path(results_path), Path(out)
     results = read_results(results_path)
@@ -223,7 +336,7 @@ def write_report(
     (out / "accuracy.md").write_text("Test accuracy (%), mean ± std over folds\n\n" + _markdown(table))
     cell_summary(results).to_csv(out / "metrics.csv", index=False)
     written += [out / "accuracy.csv", out / "accuracy.md", out / "metrics.csv"]
-    written.append(plot_accuracy_vs_fraction(results, out / "accuracy_vs_fraction.png"))
+    written += plot_accuracy_vs_fraction(results, out / "accuracy_vs_fraction.png")
     per_class = []
     for (group, model, fraction), runs in results.groupby(CELL, sort=True):
         preds = _pooled_predictions(runs, results_path.parent)
@@ -233,10 +346,11 @@ def write_report(
         pc = per_class_metrics(preds["label"], preds["pred"], classes)
         per_class.append(pc.assign(group=group, model=model, fraction=fraction))
         if confusion_fractions is None or fraction in confusion_fractions:
-            (out / "confusion").mkdir(exist_ok=True)
             name = f"{_slug(group)}__{_slug(model)}__{_pct(fraction).rstrip('%')}pct.png"
             title = f"{group} - {model} - {_pct(fraction)} ({len(runs)} folds, {len(preds)} test images)"
-            written.append(plot_confusion(preds["label"], preds["pred"], classes, out / "confusion" / name, title))
+            written += plot_confusion(preds["label"], preds["pred"], classes, out / "confusion" / name, title)
+            right = (preds["label"] == preds["pred"]).to_numpy()
+            written += plot_reliability(preds["confidence"], right, out / "reliability" / name, title)
     if per_class:
         frame = pd.concat(per_class, ignore_index=True)[[*CELL, "class", "precision", "recall", "f1", "support"]]
         frame.to_csv(out / "per_class.csv", index=False)

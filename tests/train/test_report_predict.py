@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,9 @@ from plankton_train.protocol.report import (
     classification_metrics,
     expected_calibration_error,
     per_class_metrics,
+    plot_confusion,
     read_results,
+    reliability_bins,
     write_report,
 )
 from tests.conftest import draw_sample
@@ -65,6 +68,41 @@ def test_classification_metrics_by_hand() -> None:
     pc = per_class_metrics(labels, preds, ["a", "b", "c"]).set_index("class")
     assert pc.loc["c", "recall"] == 0.5 and pc.loc["b", "precision"] == pytest.approx(2 / 3)
     assert pc["support"].tolist() == [4, 2, 2]
+
+
+def png_dpi(path: Path) -> float:
+    """Resolution a PNG declares in its ``pHYs`` chunk (0 when it has none)."""
+    data = path.read_bytes()
+    at = data.find(b"pHYs")
+    if at < 0:
+        return 0.0
+    x, _, unit = struct.unpack(">IIB", data[at + 4 : at + 13])
+    return round(x * 0.0254, 1) if unit == 1 else 0.0  # pixels per metre -> dpi (7874 -> 200.0)
+
+
+def test_reliability_bins_match_the_ece() -> None:
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.2, 1.0, 500)
+    right = rng.random(500) < conf
+    bins = reliability_bins(conf, right)
+    assert len(bins) == 15 and bins["n"].sum() == 500
+    full = bins[bins["n"] > 0]
+    ece = float((full["n"] * (full["accuracy"] - full["confidence"]).abs()).sum() / 500)
+    assert ece == pytest.approx(expected_calibration_error(conf, right))
+
+
+def test_confusion_figure_grows_with_the_classes_and_reads_at_38(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    many = [f"Asterionella_formosa_{i:02d}" for i in range(38)]
+    labels = rng.choice(many, 800)
+    small = plot_confusion(["a", "b", "a"], ["a", "b", "b"], ["a", "b"], tmp_path / "small.png", "two")
+    big = plot_confusion(labels, labels, many, tmp_path / "big.png", "38 classes")
+    assert [p.suffix for p in big] == [".png", ".pdf"] and all(p.is_file() for p in small + big)
+    h_small, w_small = cv2.imread(str(small[0])).shape[:2]
+    h_big, w_big = cv2.imread(str(big[0])).shape[:2]
+    # ~0.22 in per class at 200 dpi: 38 rows of names get >= 40 px each
+    assert h_big > 38 * 40 and h_big > 2 * h_small and w_big > w_small + 1000
+    assert png_dpi(big[0]) >= 200
 
 
 def _fake_results(base: Path) -> Path:
@@ -114,14 +152,23 @@ def test_report_writes_table3_layout_plots_and_per_class_metrics(tmp_path: Path)
         "accuracy.csv",
         "metrics.csv",
         "accuracy_vs_fraction.png",
+        "accuracy_vs_fraction.pdf",
         "per_class.csv",
     } <= names
-    assert {"confusion/syn-A__good__10pct.png", "confusion/syn-A__weak__10pct.png"} == {
-        n for n in names if n.startswith("confusion/")
+    cells = {
+        f"{kind}/syn-A__{m}__10pct.{ext}"
+        for kind in ("confusion", "reliability")
+        for m in ("good", "weak")
+        for ext in ("png", "pdf")
     }
-    for png in (tmp_path / "report").rglob("*.png"):
+    assert cells == {n for n in names if n.startswith(("confusion/", "reliability/"))}
+    pngs = sorted((tmp_path / "report").rglob("*.png"))
+    assert len(pngs) == 5
+    for png in pngs:
         img = cv2.imread(str(png))
         assert img is not None and img.shape[0] > 200 and img.std() > 5, png  # a real, non-blank picture
+        assert png_dpi(png) >= 200, png
+        assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF"), png
     table = pd.read_csv(tmp_path / "report" / "accuracy.csv")
     assert list(table.columns) == ["group", "model", "10%", "100%"]
     res = read_results(results)
