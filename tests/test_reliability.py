@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from plankton_data.fixtures import write_fixture
+
 PD = Path(sys.executable).parent / "plankton-data"  # the installed console script, as users run it
 
 
@@ -339,3 +341,177 @@ def test_verify_of_a_shard_set_checks_its_manifest_hash(demo, tmp_path):
     # a build from an edited source manifest is refused in one line
     _edit_manifest_label(tmp_path / "manifests" / "zoolake.parquet")
     one_line_error(cli("shard", "--name", "mix2", "-i", "zoolake", "--samples-per-shard", "2", *roots), "re-ingest")
+
+
+# --- one bad input never aborts an ingest; memory is bounded -------------------------------------------------
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width x height`` (the reviewer's reproducer)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(999))) + chunk(b"IEND", b"")
+
+
+def small_png(value: int = 200, shape: tuple[int, int] = (40, 30)) -> bytes:
+    import cv2
+    import numpy as np
+
+    return cv2.imencode(".png", np.full(shape, value, np.uint8))[1].tobytes()
+
+
+def lying_zip(path: Path, name: str, data: bytes, declared: int) -> None:
+    """A zip whose member ``name`` declares ``declared`` bytes (central directory and local header) but holds
+    ``data``: the zip bomb whose header lies."""
+    import io
+    import struct
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, data)
+    raw = bytearray(buf.getvalue())
+    struct.pack_into("<I", raw, raw.find(b"PK\x01\x02") + 24, declared)
+    struct.pack_into("<I", raw, raw.find(b"PK\x03\x04") + 22, declared)
+    path.write_bytes(bytes(raw))
+
+
+def crc_damaged_zip(path: Path, members: dict[str, bytes], damaged: str) -> None:
+    """A zip of ``members`` (stored) where one data byte of ``damaged`` is flipped: its CRC fails."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(members[damaged][20:40])
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _rejects(manifests: Path, dataset: str = "kaggle") -> dict[str, tuple[str, str]]:
+    import pandas as pd
+
+    df = pd.read_parquet(manifests / f"{dataset}.rejects.parquet")
+    return {row.source: (row.kind, row.reason) for row in df.itertuples()}
+
+
+def test_bad_files_become_rejects_or_skips_and_counts_reconcile(tmp_path):
+    """Every hostile entry of the review at once, in a Kaggle folder: the ingest finishes, each is accounted for."""
+    import zipfile
+
+    raw, outside = tmp_path / "raw", tmp_path / "outside"
+    (raw / "train" / "a").mkdir(parents=True)
+    outside.mkdir()
+    for i in range(3):
+        (raw / "train" / "a" / f"ok{i}.png").write_bytes(small_png(100 + i))
+    (raw / "train" / "a" / "huge.png").write_bytes(png_header(60000, 60000))  # cv2.error before the fix
+    (raw / "train" / "a" / "strip.png").write_bytes(small_png(50, (2, 5000)))  # 10 kpx, but a 25 Mpx square
+    (raw / "train" / "a" / "dead.jpg").symlink_to("/nonexistent/x.jpg")  # FileNotFoundError before the fix
+    os.mkfifo(raw / "train" / "a" / "pipe.jpg")  # would block a read forever
+    for i in range(2):
+        (outside / f"o{i}.png").write_bytes(small_png(10 + i))
+    (raw / "train" / "linked").symlink_to(outside)  # folder symlink: followed (silently dropped before)
+    (raw / "train" / "relinked").symlink_to(outside)  # the same real folder once more: not read twice
+    (raw / "train" / "a" / "loop").symlink_to(raw / "train")  # a loop
+    with zipfile.ZipFile(raw / "extra.zip", "w") as zf:
+        zf.writestr("train/../up.png", small_png())
+        zf.writestr("train/./here.png", small_png())
+        zf.writestr("train/ /blank.png", small_png())
+        zf.writestr("train/b/bomb.png", b"\x89PNG\r\n\x1a\n" + bytes(3 << 20))  # 3 MiB, over --max-member-mb 2
+    lying_zip(raw / "lie.zip", "train/b/lie.png", b"\x89PNG\r\n\x1a\n" + bytes(8 << 20), declared=1000)
+    crc_damaged_zip(
+        raw / "crc.zip",
+        {"train/b/crc.png": small_png(7, (80, 80)), "train/b/fine.png": small_png(8)},
+        "train/b/crc.png",
+    )
+
+    shards, manifests = tmp_path / "shards", tmp_path / "manifests"
+    res = cli("ingest", "kaggle", "--raw", raw, "--shards", shards, "--manifests", manifests, "--max-member-mb", "2",
+              "--max-megapixels", "20", "-w", "1")  # fmt: skip
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    got = _rejects(manifests)
+    expected = {
+        "train/a/huge.png": ("reject", "60000x60000"),
+        "train/a/strip.png": ("reject", "--max-megapixels"),
+        "train/a/dead.jpg": ("skipped", "dangling symlink"),
+        "train/a/pipe.jpg": ("skipped", "not a regular file"),
+        "train/relinked": ("skipped", "already read"),
+        "train/a/loop": ("skipped", "already read"),
+        "extra.zip/train/../up.png": ("reject", "path component"),
+        "extra.zip/train/./here.png": ("reject", "path component"),
+        "extra.zip/train/ /blank.png": ("reject", "blank label"),
+        "extra.zip/train/b/bomb.png": ("reject", "--max-member-mb"),
+        "lie.zip/train/b/lie.png": ("reject", "inflates past the 1000 bytes its header declares"),
+        "crc.zip/train/b/crc.png": ("reject", "damaged archive member (BadZipFile: bad CRC-32"),
+    }
+    assert set(got) == set(expected), sorted(got)
+    for source, (kind, part) in expected.items():
+        assert got[source][0] == kind and part in got[source][1], (source, got[source])
+    import pandas as pd
+
+    samples = pd.read_parquet(manifests / "kaggle.parquet")
+    expected_samples = [f"train/a/ok{i}.png" for i in range(3)] + [f"train/linked/o{i}.png" for i in range(2)]
+    assert sorted(samples.source) == sorted([*expected_samples, "crc.zip/train/b/fine.png"])
+    # inputs = samples + rejects + skipped: 9 folder entries reached once (3 ok, huge, strip, dead, pipe, 2 linked)
+    # + 2 links not walked again + 4 + 1 + 2 zip members
+    assert len(samples) + len(got) == 9 + 2 + 4 + 1 + 2
+    assert "6 samples, 8 rejects, 4 skipped" in " ".join(res.stdout.split())
+    assert cli("verify", shards / "kaggle").returncode == 0
+
+
+def test_pmid2019_infinite_box_is_a_reject(tmp_path):
+    fx = write_fixture("pmid2019", tmp_path / "raw")
+    base = fx.raw / "PMID2019"
+    shutil.copy(next((base / "JPEGImages").glob("*.jpg")), base / "JPEGImages" / "9999.jpg")
+    xml = "<annotation><object><name>Copepod</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax>"
+    (base / "Annotations" / "9999.xml").write_text(xml + "<ymax>20</ymax></bndbox></object></annotation>")
+    res = cli("ingest", "pmid2019", "--raw", fx.raw, "--shards", tmp_path / "s", "--manifests", tmp_path / "m")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    got = _rejects(tmp_path / "m", "pmid2019")
+    assert "infinite" in got["PMID2019/JPEGImages/9999.jpg"][1]
+    assert sum(kind == "reject" for kind, _ in got.values()) == fx.rejects + 1
+
+
+def test_opencv_errors_are_rejects(tmp_path):
+    """With the pixel limit raised past OpenCV's own (2^30), the 60000x60000 header reaches cv2 and its error."""
+    (tmp_path / "raw" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "raw" / "train" / "a" / "huge.png").write_bytes(png_header(60000, 60000))
+    (tmp_path / "raw" / "train" / "a" / "ok.png").write_bytes(small_png())
+    res = cli("ingest", "kaggle", "--raw", tmp_path / "raw", "--shards", tmp_path / "s", "--manifests", tmp_path / "m",
+              "--max-megapixels", "5000")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    kind, reason = _rejects(tmp_path / "m")["train/a/huge.png"]
+    assert kind == "reject" and reason.startswith("cannot decode image") and "\n" not in reason
+
+
+def test_limits_do_not_change_the_output_bytes(demo, tmp_path):
+    raw = demo / "raw" / "syke_zooscan"
+    for name, extra in (("a", []), ("b", ["--max-member-mb", "4096", "--max-megapixels", "1000"])):
+        res = cli("ingest", "syke_zooscan", "--raw", raw, "--shards", tmp_path / name / "s",
+                  "--manifests", tmp_path / name / "m", *extra)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    strip = lambda d: {k.split(os.sep, len(tmp_path.parts) + 1)[-1]: v for k, v in d.items()}  # noqa: E731
+    a, b = (strip(_digests(tmp_path / n)) for n in "ab")
+    assert a == b and len(a) >= 4
+
+
+def test_image_size_reads_headers_without_decoding():
+    import cv2
+    import numpy as np
+
+    from plankton_data.ingest.limits import Limits, image_size
+
+    for ext in (".png", ".jpg", ".tif", ".bmp", ".webp"):
+        for shape in ((37, 53), (37, 53, 3)):
+            assert image_size(cv2.imencode(ext, np.zeros(shape, np.uint8))[1].tobytes()) == (53, 37), ext
+    assert image_size(png_header(60000, 70000)) == (60000, 70000)
+    assert image_size(b"GIF89a\x10\x00\x20\x00") == (16, 32)
+    assert image_size(b"") is None and image_size(b"not an image") is None and image_size(b"\xff\xd8\xff") is None
+    limits = Limits.of(max_megapixels=1)
+    assert limits.pixel_problem(1000, 1000) is None and "--max-megapixels" in (limits.pixel_problem(1001, 10) or "")

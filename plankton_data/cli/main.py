@@ -24,6 +24,7 @@ from plankton_data.cli._options import ImageFormat, ManifestsOpt, RichProgress, 
 from plankton_data.errors import PlanktonDataError, PlanktonError
 from plankton_data.ingest import IngestReport, ingest
 from plankton_data.ingest.adapters import DATASET_IDS, list_adapters
+from plankton_data.ingest.limits import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_MEMBER_MB, Limits
 from plankton_data.ingest.preprocess import PreprocessConfig
 
 app = typer.Typer(
@@ -98,6 +99,23 @@ def ingest_cmd(
     records_per_shard: Annotated[int, typer.Option(help="Input images per tar shard.", min=1)] = 2000,
     shards: ShardsOpt = Path("shards"),
     manifests: ManifestsOpt = Path("manifests"),
+    max_member_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-member-mb",
+            min=1,
+            help="Largest archive member or file read, in MiB; a bigger one is a reject (bounds memory).",
+        ),
+    ] = DEFAULT_MAX_MEMBER_MB,
+    max_megapixels: Annotated[
+        float,
+        typer.Option(
+            "--max-megapixels",
+            min=1,
+            help="Largest image decoded, in megapixels of its padded square (longer side squared); a bigger one"
+            " is a reject (bounds memory).",
+        ),
+    ] = DEFAULT_MAX_MEGAPIXELS,
 ) -> None:
     """Ingest one dataset as published into shards/<dataset>/ and manifests/<dataset>.parquet.
 
@@ -114,6 +132,7 @@ def ingest_cmd(
             workers=workers or os.cpu_count() or 1,
             records_per_shard=records_per_shard,
             progress=progress,
+            limits=Limits.of(max_member_mb, max_megapixels),
         )
     render_report(report)
 

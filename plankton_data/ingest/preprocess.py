@@ -19,6 +19,7 @@ import numpy as np
 from plankton_data.format.keys import pixel_sha256, sample_key
 from plankton_data.ingest import ops
 from plankton_data.ingest.adapters.base import Box, RawRecord, normalize_label
+from plankton_data.ingest.limits import Limits, image_size
 
 #: Bump when any step changes the output pixels; stored in every manifest row.
 PREPROCESS_VERSION = "1"
@@ -39,12 +40,18 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class Task:
-    """What a worker needs: the record (without its archive handle) and the bytes read by the parent."""
+    """What a worker needs: the record (without its archive handle) and the bytes read by the parent.
+
+    ``error`` is why the parent could not read the bytes (the member is over the size limit, the archive is
+    damaged); the task then becomes a reject with that reason. ``limits`` bound the pixels decoded.
+    """
 
     dataset: str
     record: RawRecord
     data: bytes
     config: PreprocessConfig
+    error: str = ""
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -187,14 +194,41 @@ def truncation(data: bytes) -> str | None:
 
 
 def process_task(task: Task) -> list[Sample | Failure]:
-    """All samples (one, or one per box) or failures for one record. Never raises on bad image data."""
+    """All samples (one, or one per box) or failures for one record. Never raises: whatever one input does
+    (bad bytes, a header declaring billions of pixels, an OpenCV error) makes it a reject with the reason."""
+    rec = task.record
+    if task.error:
+        return [Failure(rec.source, task.error, rec.label_raw)]
+    try:
+        return _process(task)
+    except Exception as exc:  # one bad input never stops the run
+        return [Failure(rec.source, f"cannot process image: {one_line(exc)}", rec.label_raw)]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line (OpenCV's messages span lines and start with the source file)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, cv2.error) and " error: " in text:
+        text = text.split(" error: ", 1)[1]
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _process(task: Task) -> list[Sample | Failure]:
     rec = task.record
     if reason := truncation(task.data):
         return [Failure(rec.source, reason, rec.label_raw)]
+    header = image_size(task.data)  # before decoding: a header can claim more pixels than memory holds
+    if header and (too_big := task.limits.pixel_problem(*header)):
+        return [Failure(rec.source, too_big, rec.label_raw)]
     arr = np.frombuffer(task.data, np.uint8)
-    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
+    try:
+        img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
+    except cv2.error as exc:
+        return [Failure(rec.source, f"cannot decode image ({one_line(exc)})", rec.label_raw)]
     if img is None or img.size == 0:
         return [Failure(rec.source, "cannot decode image (corrupt, truncated or empty)", rec.label_raw)]
+    if too_big := task.limits.pixel_problem(img.shape[1], img.shape[0]):  # formats image_size does not read
+        return [Failure(rec.source, too_big, rec.label_raw)]
     gray = ops.to_gray(img)
     h, w = gray.shape
     if not rec.boxes:

@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,8 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plankton_data import __version__
-from plankton_data.compat import batched
-from plankton_data.errors import MissingRawData, PlanktonDataError
+from plankton_data.errors import MemberTooLarge, MissingRawData, PlanktonDataError
 from plankton_data.format.atomic import commit, partial_path
 from plankton_data.format.index import (
     ShardIndex,
@@ -56,12 +57,14 @@ from plankton_data.format.manifest import (
 from plankton_data.format.tar import TarShardWriter
 from plankton_data.ingest.adapters import get_adapter
 from plankton_data.ingest.adapters.base import DatasetAdapter, Reject, Scan
+from plankton_data.ingest.limits import Limits
 from plankton_data.ingest.preprocess import (
     PREPROCESS_VERSION,
     Failure,
     PreprocessConfig,
     Sample,
     Task,
+    one_line,
     process_batch,
     process_task,
     worker_init,
@@ -73,6 +76,8 @@ log = logging.getLogger(__name__)
 #: ``progress(done_records, total_records)``, called from the parent process.
 ProgressFn = Callable[[int, int], None]
 _BATCH = 32  # records per worker round trip
+_BATCH_BYTES = 16 << 20  # ... or fewer, once they hold this much input
+_IN_FLIGHT_BYTES = 256 << 20  # input bytes sent to workers and not yet consumed, at most (plus one batch)
 _EARLY_POOL_BYTES = 32 << 20
 
 
@@ -108,15 +113,23 @@ def ingest(
     workers: int = 1,
     records_per_shard: int = 2000,
     progress: ProgressFn | None = None,
+    limits: Limits | None = None,
 ) -> IngestReport:
-    """Ingest ``dataset`` from ``raw`` (archive(s) or folder as published). See the module docstring."""
+    """Ingest ``dataset`` from ``raw`` (archive(s) or folder as published). See the module docstring.
+
+    ``limits`` bound what one input may cost (:mod:`plankton_data.ingest.limits`); they never change the bytes
+    of an accepted sample, so they are not part of the plan.
+    """
     config = config or PreprocessConfig()
+    limits = limits or Limits()
     if config.image_format not in ("jpg", "png"):
         raise ValueError(f"image format must be jpg or png, not {config.image_format!r}")
     adapter = get_adapter(dataset)
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
     with output_lock(shards_root / dataset):  # one writer per dataset folder: refused at once, never waits
-        return _ingest(dataset, adapter, raw, shards_root, manifests_root, config, workers, records_per_shard, progress)
+        return _ingest(
+            dataset, adapter, raw, shards_root, manifests_root, config, workers, records_per_shard, progress, limits
+        )
 
 
 def _ingest(
@@ -129,12 +142,15 @@ def _ingest(
     workers: int,
     records_per_shard: int,
     progress: ProgressFn | None,
+    limits: Limits,
 ) -> IngestReport:
     start = time.perf_counter()
     # Big inputs: start the worker processes now, so their start-up overlaps the layout scan.
     early = workers > 1 and _input_bytes(Path(raw)) > _EARLY_POOL_BYTES
-    with _pool(workers if early else 1) as pool, RawTree(raw) as tree:
+    with _pool(workers if early else 1) as pool, RawTree(raw, max_member_bytes=limits.max_member_bytes) as tree:
         scan = adapter.scan(tree)
+        scan.rejects += [Reject(path, reason, kind="skipped") for path, reason in tree.skipped]
+        scan.reject_bad_labels()
         if not scan.records:
             info = adapter.info
             raise MissingRawData(f"{raw} does not hold {info.title}: expected {info.layout} (pass {info.raw_hint})")
@@ -154,7 +170,7 @@ def _ingest(
         # Small inputs: a pool only pays off beyond a few batches of work.
         late = not early and workers > 1 and len(records) > 2 * _BATCH
         with _pool(workers if late else 1) as late_pool:
-            results = _run(dataset, tree, records, config, pool or late_pool, workers)
+            results = _run(dataset, tree, records, config, limits, pool or late_pool, workers)
             for i in todo:
                 done += _write_shard(staging, dataset, names[i], chunks[i], results)
                 if progress:
@@ -201,29 +217,70 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 
 
 def _run(
-    dataset: str, tree: RawTree, records: list, config: PreprocessConfig, pool: ProcessPoolExecutor | None, workers: int
+    dataset: str,
+    tree: RawTree,
+    records: list,
+    config: PreprocessConfig,
+    limits: Limits,
+    pool: ProcessPoolExecutor | None,
+    workers: int,
 ) -> Iterator[list]:
-    """Results of :func:`process_task` in record order; bytes are read lazily, at most a window ahead."""
-    tasks = (Task(dataset, r, _read(tree, r), config) for r in records)
+    """Results of :func:`process_task` in record order; bytes are read lazily, at most a window ahead.
+
+    With a pool, the window is ``4 x workers`` batches and at most ``_IN_FLIGHT_BYTES`` of input (plus one
+    batch): memory stays bounded whatever the dataset or its member sizes.
+    """
+    tasks = (_task(dataset, tree, r, config, limits) for r in records)
     if pool is None:
         yield from map(process_task, tasks)
         return
-    window = 4 * workers  # batches in flight: bounds memory whatever the dataset size
+    window = 4 * workers
     pending: deque = deque()
-    for batch in batched(tasks, _BATCH):
-        pending.append(pool.submit(process_batch, batch))
-        if len(pending) >= window:
-            yield from pending.popleft().result()
+    in_flight = 0
+    for batch in _batches(tasks):
+        size = sum(len(t.data) for t in batch)
+        pending.append((pool.submit(process_batch, batch), size))
+        in_flight += size
+        while len(pending) >= window or in_flight > _IN_FLIGHT_BYTES:
+            future, n = pending.popleft()
+            in_flight -= n
+            yield from future.result()
     while pending:
-        yield from pending.popleft().result()
+        yield from pending.popleft()[0].result()
 
 
-def _read(tree: RawTree, record) -> bytes:
+def _batches(tasks: Iterator[Task]) -> Iterator[list[Task]]:
+    """Batches of ``_BATCH`` tasks, cut early once one holds ``_BATCH_BYTES`` of input (big images)."""
+    batch: list[Task] = []
+    size = 0
+    for task in tasks:
+        batch.append(task)
+        size += len(task.data)
+        if len(batch) == _BATCH or size >= _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _task(dataset: str, tree: RawTree, record, config: PreprocessConfig, limits: Limits) -> Task:
+    """The record's task with its bytes, or with why they cannot be read (it becomes a reject with that reason)."""
     try:
-        return tree.read(record.member)
+        return Task(dataset, record, tree.read(record.member), config, limits=limits)
+    except MemberTooLarge as exc:
+        return Task(dataset, record, b"", config, error=str(exc), limits=limits)
     except Exception as exc:  # damaged member: becomes a reject, not a crash
         log.warning("cannot read %s: %s", record.source, exc)
-        return b""
+        return Task(dataset, record, b"", config, error=f"cannot read it: {_read_error(exc)}", limits=limits)
+
+
+def _read_error(exc: Exception) -> str:
+    """The cause of a failed member read, in words: a damaged archive, an encrypted member, an I/O error."""
+    if isinstance(exc, zipfile.BadZipFile | zlib.error | EOFError):
+        return f"damaged archive member ({one_line(exc)})"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}"
+    return one_line(exc)
 
 
 def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: Iterator[list]) -> int:

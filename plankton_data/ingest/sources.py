@@ -2,16 +2,24 @@
 
 :class:`RawTree` lists every file under ``--raw`` as a :class:`Member` with a virtual path that joins folder
 and archive-member names with ``/`` (``train.zip/train/amphipods/1234.jpg``), skipping macOS/Windows junk.
-Member bytes are read on demand, straight from the archive. A zip nested in a zip is read in place when it
-is stored uncompressed (how Fairdata packages ship); a compressed inner zip is first inflated into a
-spooled temporary file, since zip needs random access.
+Member bytes are read on demand, straight from the archive, never more than the member size limit
+(:mod:`plankton_data.ingest.limits`). A zip nested in a zip is read in place when it is stored uncompressed
+(how Fairdata packages ship); a compressed inner zip is first inflated into a spooled temporary file, since
+zip needs random access.
+
+In a folder, symlinks are followed: a file symlink is read as the file it names, a folder symlink is walked
+once per real folder (a loop, or a second link to a folder already walked, is not walked again). What cannot
+be read as a file (a dangling symlink, a fifo or device, a folder walked already) is listed in
+:attr:`RawTree.skipped` with the reason, so every entry under ``--raw`` is accounted for.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -19,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from plankton_data.errors import CorruptArchive, MissingRawData
+from plankton_data.errors import CorruptArchive, MemberTooLarge, MissingRawData
+from plankton_data.ingest.limits import Limits
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 _JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
@@ -86,6 +95,22 @@ def _stored_data_offset(fh: IO[bytes], info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def _check_size(size: int, limit: int, what: str = "uncompressed") -> None:
+    """Raise :class:`MemberTooLarge` if a declared size is over ``limit``."""
+    if problem := Limits(max_member_bytes=limit).size_problem(size, what):
+        raise MemberTooLarge(problem)
+
+
+def _check_read(data: bytes, limit: int) -> bytes:
+    """``data`` (read with a cap of ``limit + 1`` bytes) unless the cap was reached."""
+    if len(data) > limit:
+        raise MemberTooLarge(
+            f"member holds more than the {limit / (1 << 20):,.1f} MiB limit although its header says less "
+            "(raise it with --max-member-mb)"
+        )
+    return data
+
+
 class RawTree:
     """Every non-junk file under a raw dataset path, with on-demand byte access.
 
@@ -93,28 +118,55 @@ class RawTree:
     cannot be read. Use as a context manager (or call :meth:`close`) to release archive handles.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, max_member_bytes: int = Limits().max_member_bytes) -> None:
         self.root = Path(root)
+        self.max_member_bytes = max_member_bytes
         self._archives: list[zipfile.ZipFile] = []
         self._fds: list[int] = []
         self._files: list[IO[bytes]] = []
         self.members: list[Member] = []
+        #: ``(virtual path, reason)`` of entries under a folder that are not files to read (module docstring).
+        self.skipped: list[tuple[str, str]] = []
         if not self.root.exists():
             raise MissingRawData(f"--raw path {self.root} does not exist")
         if self.root.is_file():
             self._add_archive_file(self.root, self.root.name)
         else:
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                dirnames.sort()
-                for fname in sorted(filenames):
-                    full = Path(dirpath) / fname
-                    rel = full.relative_to(self.root).as_posix()
-                    if is_junk(rel):
-                        continue
-                    if fname.lower().endswith(".zip"):
-                        self._add_archive_file(full, rel)
-                    else:
-                        self.members.append(Member(rel, full.stat().st_size, -1, str(full)))
+            self._walk()
+
+    def _walk(self) -> None:
+        """Every file under the root folder, following symlinks, each real folder once."""
+        top = self.root.stat()
+        walked = {(top.st_dev, top.st_ino)}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+            here = Path(dirpath)
+            keep = []
+            for dname in sorted(dirnames):
+                st = (here / dname).stat()
+                if (st.st_dev, st.st_ino) in walked:
+                    rel = (here / dname).relative_to(self.root).as_posix()
+                    self.skipped.append((rel, "folder symlink to a folder already read (a loop or a second link)"))
+                    continue
+                walked.add((st.st_dev, st.st_ino))
+                keep.append(dname)
+            dirnames[:] = keep  # os.walk descends into these only, in sorted order
+            for fname in sorted(filenames):
+                full = here / fname
+                rel = full.relative_to(self.root).as_posix()
+                if is_junk(rel):
+                    continue
+                try:
+                    st = full.stat()
+                except OSError as exc:
+                    why = "dangling symlink" if full.is_symlink() and not os.path.exists(full) else "cannot stat it"
+                    self.skipped.append((rel, f"{why} ({exc.strerror or exc})"))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    self.skipped.append((rel, "not a regular file (a fifo, socket or device)"))
+                elif fname.lower().endswith(".zip"):
+                    self._add_archive_file(full, rel)
+                else:
+                    self.members.append(Member(rel, st.st_size, -1, str(full)))
 
     def _add_archive_file(self, path: Path, vpath: str) -> None:
         if not zipfile.is_zipfile(path):
@@ -153,14 +205,28 @@ class RawTree:
         return spool
 
     def read(self, member: Member) -> bytes:
-        """The member's bytes, CRC-checked. Raises ``OSError``/``zipfile.BadZipFile`` on damaged data."""
+        """The member's bytes, CRC-checked.
+
+        Raises :class:`MemberTooLarge` if its declared size is over ``max_member_bytes`` (before reading
+        anything) or its data turns out to be; never more than the limit + 1 bytes are read or inflated, and
+        never more than the declared size + 1 from an archive, whatever the data holds. Raises
+        ``OSError``/``zipfile.BadZipFile``/``zlib.error`` on damaged data (a size that lies is damage).
+        """
+        limit = self.max_member_bytes
+        _check_size(member.size, limit)
         if member.archive < 0:
-            return Path(member.name).read_bytes()
+            with open(member.name, "rb") as fh:
+                data = _check_read(fh.read(min(member.size, limit) + 1), limit)
+            if len(data) != member.size:
+                raise OSError(errno.EIO, "the file changed size while being read", member.name)
+            return data
         zf = self._archives[member.archive]
         fd = self._fds[member.archive]
         info = zf.getinfo(member.name)
+        _check_size(info.compress_size, limit, "compressed")
         if fd < 0 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
-            return zf.read(member.name)
+            with zf.open(member.name) as fh:  # zipfile stops at file_size and checks the CRC at the end
+                return _check_read(fh.read(limit + 1), limit)
         # Fast path for a top-level archive (~10x less Python than ZipFile.read): one pread of the local
         # header plus data, inflate, and the same CRC check zipfile does.
         head = os.pread(fd, 30, info.header_offset)
@@ -169,9 +235,14 @@ class RawTree:
         start = info.header_offset + 30 + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
         data = os.pread(fd, info.compress_size, start)
         if info.compress_type == zipfile.ZIP_DEFLATED:
-            data = zlib.decompress(data, -15)
-        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-            raise zipfile.BadZipFile(f"bad CRC or size for {member.name}")
+            # never inflate past the declared size (+1 to notice a lie): a bomb costs no more than its header says
+            data = zlib.decompressobj(-15).decompress(data, info.file_size + 1)
+        if len(data) > info.file_size:
+            raise zipfile.BadZipFile(f"{member.name} inflates past the {info.file_size} bytes its header declares")
+        if len(data) < info.file_size:
+            raise zipfile.BadZipFile(f"{member.name} holds {len(data)} bytes, its header declares {info.file_size}")
+        if zlib.crc32(data) != info.CRC:
+            raise zipfile.BadZipFile(f"bad CRC-32 for {member.name}: its data is damaged")
         return data
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from plankton_data.ingest.sources import Member, RawTree, is_image
@@ -81,6 +81,43 @@ class Scan:
 
     def reject(self, source: str, reason: str, label_raw: str = "") -> None:
         self.rejects.append(Reject(source, reason, label_raw))
+
+    def reject_bad_labels(self) -> None:
+        """Reject records (and boxes) whose label cannot name a class (:func:`label_problem`); keep the rest."""
+        kept = []
+        for rec in self.records:
+            if why := label_problem(rec.label_raw):
+                self.reject(rec.source, why, rec.label_raw)
+                continue
+            if rec.boxes:
+                ids = rec.meta.get("box_ids", list(range(len(rec.boxes))))
+                good = []
+                for k, box in zip(ids, rec.boxes, strict=True):
+                    if why := label_problem(box.label_raw) or ("box has no class name" if not box.label_raw else None):
+                        self.reject(f"{rec.source}#box{k}", why, box.label_raw)
+                    else:
+                        good.append((k, box))
+                if not good:
+                    continue
+                if len(good) < len(rec.boxes):
+                    rec = replace(
+                        rec, boxes=tuple(b for _, b in good), meta=dict(rec.meta, box_ids=[k for k, _ in good])
+                    )
+            kept.append(rec)
+        self.records = kept
+
+
+def label_problem(label: str) -> str | None:
+    """Why a published label cannot name a class, or ``None``. An empty label means unlabelled and is fine;
+    one of white space only, or a path component (a zip member under ``train/../`` or ``train/./``), is not."""
+    if not label:
+        return None
+    text = label.strip()
+    if not text:
+        return f"blank label {label!r} (white space only)"
+    if text in (".", ".."):
+        return f"label {label!r} is a path component, not a class name"
+    return None
 
 
 class DatasetAdapter(Protocol):

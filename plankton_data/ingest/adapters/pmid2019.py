@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+import zipfile
+import zlib
 from pathlib import PurePosixPath
 
+from plankton_data.errors import MemberTooLarge
 from plankton_data.ingest.adapters.base import AdapterInfo, Box, RawRecord, Scan, match_images
 from plankton_data.ingest.sources import RawTree
 
@@ -29,8 +32,8 @@ def parse_voc(xml_bytes: bytes) -> list[Box]:
             raise ValueError(f"object {name!r} has no <bndbox>")
         try:
             xmin, ymin, xmax, ymax = (int(float(bb.findtext(t) or "nan")) for t in ("xmin", "ymin", "xmax", "ymax"))
-        except ValueError as exc:
-            raise ValueError(f"object {name!r} has a non-numeric box") from exc
+        except (ValueError, OverflowError) as exc:  # OverflowError: int(float("inf"))
+            raise ValueError(f"object {name!r} has a non-numeric or infinite box coordinate") from exc
         difficult = (obj.findtext("difficult") or obj.findtext("Difficult") or "0").strip()
         boxes.append(Box(xmin - 1, ymin - 1, xmax, ymax, name.strip(), {"difficult": difficult == "1"}))
     return boxes
@@ -63,7 +66,7 @@ class Pmid2019:
                 continue
             try:
                 boxes = parse_voc(tree.read(xmls[stem]))
-            except ValueError as exc:
+            except (ValueError, OSError, MemberTooLarge, zipfile.BadZipFile, zlib.error) as exc:
                 scan.reject(member.path, f"annotation {xmls[stem].path}: {exc}")
                 continue
             good = []
