@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from plankton_data.format.keys import key_dataset
+from plankton_data.format.lock import output_lock
 from plankton_train import __version__
 from plankton_train.data.stream import ShardStream, StreamLoader
 from plankton_train.engine.device import Dist, init_distributed
@@ -131,6 +133,15 @@ def _sample_stats(stream: ShardStream, cfg: PretrainConfig) -> tuple[dict, np.nd
     if not (std > 0).all():
         raise PretrainError(f"{cfg.shards}/index.json has a pixel std of 0 in {stats}; cannot normalise")
     return stats, mean[code], std[code]
+
+
+def run_dir_of(resume: Path | str) -> Path:
+    """The run folder a ``--resume`` target belongs to: the folder itself, or for a checkpoint file the run
+    that holds it (``<run>/checkpoints/step-N.pt``; a loose file: the folder it is in)."""
+    path = Path(resume)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def _check_run_dir(run_dir: Path, resuming: bool) -> None:
@@ -255,9 +266,12 @@ def run_pretrain(
     """
     cfg.validate()
     dd = init_distributed()
+    lock = ExitStack()
     try:
         torch.manual_seed(cfg.seed + dd.rank)
         run_dir = Path(cfg.out)
+        if dd.rank == 0:  # one run per folder: a second pretrain into the same --out stops at once
+            lock.enter_context(output_lock(run_dir, tool="plankton-train pretrain"))
         _check_run_dir(run_dir, resume is not None)
         if dd.rank == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +304,7 @@ def run_pretrain(
         )
         return PretrainResult(run_dir, trainer.step, total, last_loss, ckpt, encoder, trainer.model)
     finally:
+        lock.close()
         if dd.owns_group:
             dist.destroy_process_group()
 
@@ -298,9 +313,12 @@ def resume_config(checkpoint: Path | str, *, shards: str | None = None, workers:
     """The configuration stored in a checkpoint, optionally with the shard folder moved or workers changed.
 
     Neither changes the batches: the loader's position does not depend on the number of workers, and a
-    moved shard folder is checked against the saved shard list.
+    moved shard folder is checked against the saved shard list. The run folder is the one resumed from
+    (:func:`run_dir_of`), never the saved ``out``: a copied or moved run continues where it now is, and the
+    original is left alone.
     """
     saved = dict(load_checkpoint(checkpoint)["config"])
+    saved["out"] = str(run_dir_of(checkpoint))
     if shards is not None:
         saved["shards"] = shards
     if workers is not None:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from plankton_data.format import atomic
 from plankton_train.data.augment import normalize
 from plankton_train.data.stream import StreamLoader
 from plankton_train.engine.device import Dist
@@ -71,7 +72,12 @@ def mask_generator(seed: int, rank: int, position: int, device: torch.device) ->
 
 
 class MetricsLog:
-    """metrics.jsonl + metrics.csv + TensorBoard, written by rank 0 only."""
+    """metrics.jsonl + metrics.csv + TensorBoard, written by rank 0 only.
+
+    ``step``: the optimiser step the run starts from. Records of later steps (logged after the checkpoint a
+    resumed run continues from) are dropped from the files first, and TensorBoard purges them, so each step
+    is recorded once however often a run is interrupted.
+    """
 
     FIELDS = (
         "step",
@@ -85,16 +91,18 @@ class MetricsLog:
         "corrupt",
     )
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter  # heavy import, rank 0 only
 
+        _drop_records_after(run_dir / "metrics.jsonl", step, lambda line: json.loads(line)["step"])
+        _drop_records_after(run_dir / "metrics.csv", step, lambda line: int(line.split(",", 1)[0]), header=True)
         self.jsonl = open(run_dir / "metrics.jsonl", "a")
         new_csv = not (run_dir / "metrics.csv").exists()
         self.csv_fh = open(run_dir / "metrics.csv", "a", newline="")
         self.csv = csv.DictWriter(self.csv_fh, fieldnames=self.FIELDS)
         if new_csv:
             self.csv.writeheader()
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
 
     def write(self, record: dict) -> None:
         self.jsonl.write(json.dumps(record) + "\n")
@@ -108,6 +116,24 @@ class MetricsLog:
         self.jsonl.close()
         self.csv_fh.close()
         self.tb.close()
+
+
+def _drop_records_after(path: Path, step: int, step_of: Callable[[str], int], header: bool = False) -> None:
+    """Rewrite a metrics file (atomically) without the records of steps after ``step``; a torn line goes too."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    head, body = (lines[:1], lines[1:]) if header else ([], lines)
+
+    def keep(line: str) -> bool:
+        try:
+            return line.endswith("\n") and step_of(line) <= step
+        except (ValueError, KeyError):
+            return False
+
+    kept = [line for line in body if keep(line)]
+    if len(kept) != len(body):
+        atomic.write_bytes(path, "".join(head + kept).encode())
 
 
 class _Window:
@@ -238,7 +264,7 @@ class Trainer:
         ``start``: the resolved run description, sent with the ``start`` event.
         """
         sched, cadence, batches = self.schedule, self.cadence, iter(self.loader)
-        metrics = MetricsLog(self.run_dir) if self.dd.rank == 0 else None
+        metrics = MetricsLog(self.run_dir, self.step) if self.dd.rank == 0 else None
         self.emit(event="start", step=self.step, **start)
         last_loss, ckpt, ckpt_step, done_here = math.nan, None, -1, 0
         window = _Window(self.dd.device)
