@@ -85,8 +85,10 @@ class PretrainConfig:
                 raise PretrainError(f"{name} must be >= 1")
         if self.normalization not in NORMALIZATIONS:
             raise PretrainError(f"normalization must be one of {', '.join(NORMALIZATIONS)}: {self.normalization!r}")
-        if self.blr <= 0 or self.epochs <= 0 or self.workers < 0 or self.ckpt_every < 0:
-            raise PretrainError("blr and epochs must be > 0; workers and ckpt_every >= 0")
+        if not (0 < self.blr < math.inf and 0 < self.epochs < math.inf) or self.workers < 0 or self.ckpt_every < 0:
+            raise PretrainError(
+                f"blr and epochs must be finite and > 0 (got {self.blr}, {self.epochs}); workers and ckpt_every >= 0"
+            )
         patch = MODELS[self.model].patch_size
         if self.img_size < 0 or self.img_size % patch:
             raise PretrainError(

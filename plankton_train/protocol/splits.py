@@ -149,8 +149,17 @@ def make_splits(
 def splits_from_manifest(
     manifest: Path | str, *, cfg: SplitConfig = SplitConfig(), group_by: Sequence[str] = DEFAULT_GROUP_BY
 ) -> pd.DataFrame:
-    """:func:`make_splits` over a validated manifest Parquet file."""
-    table = read_manifest(manifest).select(["key", "label", *[c for c in group_by if c not in ("key", "label")]])
+    """:func:`make_splits` over a validated manifest Parquet file (not a rejects list: it has no samples)."""
+    full = read_manifest(manifest)
+    wanted = ["key", "label", *[c for c in group_by if c not in ("key", "label")]]
+    missing = [c for c in wanted if c not in full.column_names]
+    if missing:
+        raise SplitError(
+            f"{manifest} has no column {', '.join(missing)}"
+            + ("" if "key" in full.column_names else " (a rejects list? pass the manifest)")
+            + f"; --by takes manifest columns such as {', '.join(DEFAULT_GROUP_BY)}"
+        )
+    table = full.select(wanted)
     return make_splits(table.to_pandas(), cfg=cfg, group_by=group_by)
 
 

@@ -1,0 +1,34 @@
+"""Bad option values give one line and a non-zero exit, never a traceback (the reliability review's B2, B4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plankton_train.errors import PretrainError, SplitError
+from plankton_train.pretrain import PretrainConfig
+from plankton_train.protocol.splits import splits_from_manifest
+
+CLI = Path(sys.executable).parent / "plankton-train"
+
+
+@pytest.mark.parametrize("epochs", [float("nan"), float("inf"), 0.0, -1.0])
+def test_pretrain_epochs_must_be_finite_and_positive(epochs, tmp_path):
+    with pytest.raises(PretrainError, match="finite and > 0"):
+        PretrainConfig(shards=str(tmp_path), out=str(tmp_path / "o"), model="mae_test", epochs=epochs).validate()
+
+
+def test_splits_by_a_missing_column_or_on_a_rejects_file(synthetic_shards, tmp_path):
+    with pytest.raises(SplitError, match="has no column nosuchcol"):
+        splits_from_manifest(synthetic_shards.manifest, group_by=("nosuchcol",))
+    res = subprocess.run(
+        [str(CLI), "splits", str(synthetic_shards.manifest), "--by", "nosuchcol", "--out", str(tmp_path / "s.parquet")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert [line for line in res.stderr.splitlines() if line.strip()][-1].startswith("error:")
+    assert "has no column nosuchcol" in res.stderr
