@@ -29,8 +29,11 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     The file carries ``digest``, a sha256 over every value in it, which :func:`load_checkpoint` checks: a
     flipped bit in the weights would otherwise load without a word (torch checks no data checksums).
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save({"format": CHECKPOINT_FORMAT, **state, "digest": state_digest(state)}, fh)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # the temp file is removed if this fails
+            torch.save({"format": CHECKPOINT_FORMAT, **state, "digest": state_digest(state)}, fh)
+    except RuntimeError as exc:  # torch reports a failed write (a full disk) as RuntimeError, not OSError
+        raise CheckpointError(f"cannot write checkpoint {path}: {str(exc).splitlines()[0]}") from exc
     return path
 
 
