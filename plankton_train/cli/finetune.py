@@ -166,27 +166,40 @@ def predict(
     images: Annotated[Path, typer.Argument(help="Folder of images, a zip archive, or a shard folder.")],
     output: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet or .csv.")],
     top_k: Annotated[int, typer.Option(min=1)] = 3,
-    min_confidence: Annotated[float, typer.Option(help="Below this top-1 probability: `unassigned`.")] = 0.0,
+    min_confidence: Annotated[
+        float, typer.Option(min=0, max=1, help="Below this top-1 probability: `unassigned`.")
+    ] = 0.0,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with columns class,threshold: per-class top-1 probability needed (others: --min-confidence)."
+        ),
+    ] = None,
     embeddings: Annotated[bool, typer.Option(help="Also write the encoder embeddings.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     device: DeviceOpt = "auto",
 ) -> None:
     """Classify images: top-k labels, all class probabilities, optional embeddings.
 
+    Warns when the images' pixel statistics are far from the training images' (the check is recorded in the
+    output's metadata, or in <out>.json for CSV).
+
     Example: plankton-train predict runs/cs1 new_images.zip --out predictions.csv --min-confidence 0.7
     """
-    from plankton_train.protocol.predict import UNASSIGNED, PredictOptions
+    from plankton_train.protocol.predict import UNASSIGNED, PredictOptions, read_thresholds
     from plankton_train.protocol.predict import predict as run
 
     opts = PredictOptions(
         top_k=top_k,
         min_confidence=min_confidence,
+        thresholds=read_thresholds(thresholds) if thresholds else None,
         embeddings=embeddings,
         batch_size=batch_size,
         device=device,
     )
     table = run(model, source=images, out=output, opts=opts)
-    out.print(f"{len(table)} images, {(table['label'] == UNASSIGNED).sum()} unassigned -> {output}")
+    far = " [yellow](far from the training images: see the warning)[/]" if table.attrs["predict"]["warning"] else ""
+    out.print(f"{len(table)} images, {(table['label'] == UNASSIGNED).sum()} unassigned -> {output}{far}")
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,14 @@ from plankton_train.errors import ExperimentError, PredictError
 from plankton_train.finetune import Recipe
 from plankton_train.models.classifier import EncoderSpec, build_classifier, save_classifier
 from plankton_train.protocol.experiment import load_experiment, run_experiment
-from plankton_train.protocol.predict import UNASSIGNED, PredictOptions, predict
+from plankton_train.protocol.predict import (
+    UNASSIGNED,
+    PredictOptions,
+    distribution_check,
+    predict,
+    read_predict_metadata,
+    read_thresholds,
+)
 from plankton_train.protocol.report import (
     classification_metrics,
     expected_calibration_error,
@@ -338,7 +345,7 @@ def test_cli_finetune_and_predict_end_to_end(tmp_path: Path, synthetic_shards) -
         "finetune",
         "--manifest",
         str(synthetic_shards.manifest),
-        "--shards-root",
+        "--shards",
         str(synthetic_shards.root),
         "--splits",
         str(splits),
@@ -401,3 +408,90 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path: Path, model_dir: Pa
     for cmd in ("splits", "finetune", "experiment", "report", "predict"):
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "Example: plankton-train" in r.output
+
+
+def _model_copy(model_dir: Path, dest: Path, **info_changes) -> Path:
+    """``model_dir`` with its ``classifier.json`` changed (same weights)."""
+    dest.mkdir(parents=True)
+    for p in model_dir.iterdir():
+        (dest / p.name).write_bytes(p.read_bytes())
+    info = json.loads((dest / "classifier.json").read_text())
+    info.update(info_changes)
+    (dest / "classifier.json").write_text(json.dumps(info))
+    return dest
+
+
+def test_predict_warns_once_when_inputs_are_far_from_the_training_pixels(
+    model_dir: Path, raw_images: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = predict(model_dir, source=raw_images, out=tmp_path / "first.parquet")
+    seen = first.attrs["predict"]["distribution"]["input_pixels"]
+    assert 0 < seen["mean"] < 1 and 0 < seen["std"] < 1
+    same = _model_copy(model_dir, tmp_path / "same", train_pixels={"mean": seen["mean"], "std": seen["std"]})
+    caplog.clear()
+    near = predict(same, source=raw_images, out=tmp_path / "near.parquet")
+    assert near.attrs["predict"]["warning"] is None and near.attrs["predict"]["distribution"]["far"] is False
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "unlike" in r.getMessage()]
+    # these bright images against a model trained on dark images (bright-field fed to a dark-field model)
+    bright = _model_copy(model_dir, tmp_path / "bright", mean=max(seen["mean"] - 0.6, 0.05), std=0.1)
+    caplog.clear()
+    table = predict(bright, source=raw_images, out=tmp_path / "far.parquet")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "unlike" in r.getMessage()]
+    assert len(warnings) == 1 and "training stds apart" in warnings[0] and "\n" not in warnings[0]
+    meta = read_predict_metadata(tmp_path / "far.parquet")
+    assert meta == table.attrs["predict"] and meta["warning"] == warnings[0] and meta["images"] == 6
+    assert meta["distribution"]["far"] is True and meta["distribution"]["mean_shift_sd"] > 1
+    assert meta["distribution"]["train_pixels"]["from"] == "classifier.json mean/std"
+    predict(bright, source=raw_images, out=tmp_path / "far.csv")
+    assert read_predict_metadata(tmp_path / "far.csv")["warning"] == warnings[0]  # far.csv.json beside it
+    assert (tmp_path / "far.csv.json").is_file() and len(pd.read_csv(tmp_path / "far.csv")) == 6
+    # a std far narrower than training's is flagged too
+    assert distribution_check({"mean": 0.5, "std": 0.05}, {"mean": 0.5, "std": 0.2, "from": "x"})["far"] is True
+    # encoder normalisation: classifier.json's mean/std are not the training set's -> no check, no warning
+    enc = _model_copy(model_dir, tmp_path / "enc", normalisation="encoder", mean=0.1)
+    meta = predict(enc, source=raw_images, out=tmp_path / "enc.parquet").attrs["predict"]
+    assert meta["distribution"]["far"] is None and meta["warning"] is None
+
+
+def test_predict_per_class_thresholds(model_dir: Path, raw_images: Path, tmp_path: Path) -> None:
+    base = predict(model_dir, source=raw_images, out=tmp_path / "base.csv")
+    top = base["top1"].value_counts().index[0]
+    csv = tmp_path / "thr.csv"
+    csv.write_text(f"class,threshold\n{top},1.0\n")
+    table = predict(
+        model_dir, source=raw_images, out=tmp_path / "t.csv", opts=PredictOptions(thresholds=read_thresholds(csv))
+    )
+    assert ((table["top1"] == top) == (table["label"] == UNASSIGNED)).all()  # only that class needs 1.0
+    assert read_predict_metadata(tmp_path / "t.csv")["thresholds"] == {top: 1.0}
+    # a class threshold overrides --min-confidence for that class only
+    csv.write_text(f"class,threshold\n{top},0\n")
+    mixed = predict(
+        model_dir,
+        source=raw_images,
+        out=tmp_path / "m.csv",
+        opts=PredictOptions(min_confidence=0.999, thresholds=read_thresholds(csv)),
+    )
+    assert ((mixed["top1"] == top) == (mixed["label"] == top)).all() and (mixed["label"] != top).sum() == (
+        mixed["label"] == UNASSIGNED
+    ).sum()
+    csv.write_text("class,threshold\nno_such_class,0.5\n")
+    with pytest.raises(PredictError, match="no_such_class"):
+        predict(
+            model_dir, source=raw_images, out=tmp_path / "x.csv", opts=PredictOptions(thresholds=read_thresholds(csv))
+        )
+    csv.write_text("class,threshold\nbar,1.5\n")
+    with pytest.raises(PredictError, match=r"\[0, 1\]"):
+        read_thresholds(csv)
+    csv.write_text("name,value\nbar,0.5\n")
+    with pytest.raises(PredictError, match="class,threshold"):
+        read_thresholds(csv)
+    csv.write_text(f"class,threshold\n{top},1.0\n")
+    r = runner.invoke(
+        app, ["predict", str(model_dir), str(raw_images), "--out", str(tmp_path / "c.csv"), "--thresholds", str(csv)]
+    )
+    assert r.exit_code == 0, r.output
+    assert (pd.read_csv(tmp_path / "c.csv")["label"] == UNASSIGNED).sum() == (base["top1"] == top).sum()
+    r = runner.invoke(
+        app, ["predict", str(model_dir), str(raw_images), "--out", str(tmp_path / "c.csv"), "--thresholds", "nope.csv"]
+    )
+    assert r.exit_code == 1 and "no thresholds file" in r.output
