@@ -138,19 +138,57 @@ def ingest_cmd(
 
 
 @app.command("datasets")
-def datasets_cmd() -> None:
+def datasets_cmd(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the list as JSON (every AdapterInfo field), for scripts.")
+    ] = False,
+) -> None:
     """List the supported datasets, where to get them and what --raw accepts.
+
+    One block per dataset, readable at 80 columns; each download address is printed whole on its own line.
 
     Example: plankton-data datasets
     """
-    table = Table(title="Supported datasets", show_lines=True)
-    for col in ("id", "dataset", "--raw", "layout", "published counts", "licence"):
-        table.add_column(col)
-    for info in list_adapters():
-        table.add_row(
-            info.id, f"{info.title}\n[dim]{info.homepage}", info.raw_hint, info.layout, info.expected, info.license
-        )
-    out.print(table)
+    import json
+    import re
+    from dataclasses import asdict
+
+    def wrap(text: str, width: int) -> list[str]:
+        """Greedy wrap at spaces; a word wider than ``width`` (a path) breaks after its slashes, then anywhere."""
+        pieces: list[tuple[str, bool]] = []  # (text, a space before it)
+        for word in text.split():
+            parts = re.findall(r"[^/]*/|[^/]+", word) if len(word) > width else [word]
+            parts = [p[i : i + width] for p in parts for i in range(0, len(p), width)]
+            pieces += [(part, i == 0) for i, part in enumerate(parts)]
+        lines: list[str] = []
+        for piece, spaced in pieces:
+            joined = (lines[-1] + (" " if spaced else "") + piece) if lines else piece
+            if lines and len(joined) <= width:
+                lines[-1] = joined
+            else:
+                lines.append(piece)
+        return lines
+
+    infos = list_adapters()
+    if as_json:
+        typer.echo(json.dumps([asdict(info) for info in infos], indent=2, ensure_ascii=False))
+        return
+    width = max(60, min(out.width, 100))
+    out.print(f"[bold]{len(infos)} supported datasets[/] (plankton-data ingest <id> --raw ...)", soft_wrap=True)
+    for info in infos:
+        url, _, note = info.homepage.partition(" ")
+        out.print(f"\n[bold cyan]{escape(info.id)}[/]  {escape(info.title)}", soft_wrap=True)
+        out.print(f"  {url}", soft_wrap=True, highlight=False, markup=False)  # never folded: copy it whole
+        for name, value in (
+            ("source", note.strip()),
+            ("--raw", info.raw_hint),
+            ("layout", info.layout),
+            ("published", info.expected),
+            ("licence", info.license),
+            ("instrument", info.instrument),
+        ):
+            for i, line in enumerate(wrap(value, width - 14)):
+                out.print(f"  {name if i == 0 else '':<10}  {line}", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command("demo")
