@@ -515,3 +515,46 @@ def test_image_size_reads_headers_without_decoding():
     assert image_size(b"") is None and image_size(b"not an image") is None and image_size(b"\xff\xd8\xff") is None
     limits = Limits.of(max_megapixels=1)
     assert limits.pixel_problem(1000, 1000) is None and "--max-megapixels" in (limits.pixel_problem(1001, 10) or "")
+
+
+# --- Rich markup in user paths and labels --------------------------------------------------------------------
+
+
+def test_markup_in_labels_and_paths_prints_as_written(tmp_path):
+    """Labels ``[/x]`` and ``[copy]`` (PMID2019 XML) under a folder ``data [copy]/[/x]/``: every command runs and
+    prints them verbatim (a MarkupError traceback, or silently dropped text, before)."""
+    base = tmp_path / "data [copy]" / "[" / "x]"  # the path 'data [copy]/[/x]'
+    fx = write_fixture("pmid2019", base / "raw")
+    xmls = sorted((fx.raw / "PMID2019" / "Annotations").glob("*.xml"))
+    for xml, label in zip(xmls, ("[/x]", "[copy]"), strict=False):
+        text = xml.read_text()
+        first = text.index("<name>") + len("<name>")
+        xml.write_text(text[:first] + label + text[text.index("</name>", first) :])
+    roots = ("--shards", base / "shards", "--manifests", base / "manifests")
+    res = cli("ingest", "pmid2019", "--raw", fx.raw, *roots)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    flat = "".join(res.stdout.split())  # the table and long paths may wrap
+    assert "[/x]" in res.stdout and "[copy]" in res.stdout
+    assert "".join(str(base / "shards" / "pmid2019").split()) in flat
+    for args in (
+        ("verify", base / "shards" / "pmid2019"),
+        ("stats", base / "shards" / "pmid2019"),
+        ("preview", base / "shards" / "pmid2019", "--out", base / "sheet [1].png"),
+    ):
+        res = cli(*args)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert "".join(str(base).split()) in "".join(res.stdout.split()), (args, res.stdout)
+    assert "[/x]" in cli("stats", base / "shards" / "pmid2019").stdout
+    res = cli("shard", "--name", "mix", "--samples-per-shard", "2", *roots)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "".join(str(base / "shards" / "mix").split()) in "".join(res.stdout.split())
+    # one-line errors keep brackets too
+    one_line_error(
+        cli("ingest", "kaggle", "--raw", tmp_path / "data [copy]" / "[/x]" / "nope"), "data [copy]/[/x]/nope"
+    )
+    one_line_error(cli("shard", "--name", "Bad!", *roots), "[a-z0-9][a-z0-9_-]*")
+    tar = next((base / "shards" / "pmid2019").glob("*.tar"))
+    tar.write_bytes(tar.read_bytes()[:-2000])
+    res = cli("verify", base / "shards" / "pmid2019")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "".join(f"problem(s) in {base / 'shards' / 'pmid2019'}".split()) in "".join(res.stderr.split())

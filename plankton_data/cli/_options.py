@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 console = Console(stderr=True)  # progress, warnings and errors
@@ -37,7 +38,7 @@ class RichProgress:
 
     def __init__(self, label: str, unit: str = "img") -> None:
         self._bar = Progress(
-            TextColumn(f"[bold]{label}"),
+            TextColumn("[bold]" + escape(label).replace("{", "{{").replace("}", "}}")),  # markup- and format-safe
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(f"{{task.fields[rate]:>7.0f}} {unit}/s"),

@@ -52,8 +52,12 @@ def _root(
 
 
 def render_report(report: IngestReport, max_classes: int = 40) -> None:
-    """Summary table: counts per class (samples and rejects), totals, where the outputs are."""
-    table = Table(title=f"{report.dataset}: {report.samples:,} samples in {len(report.classes)} classes")
+    """Summary table: counts per class (samples and rejects), totals, where the outputs are.
+
+    Labels, reasons and paths come from the user's data: every one is escaped, so a ``[/x]`` or ``[copy]`` in
+    them prints as written instead of being taken for Rich markup (a crash, or silently dropped text).
+    """
+    table = Table(title=escape(f"{report.dataset}: {report.samples:,} samples in {len(report.classes)} classes"))
     table.add_column("label (as published)")
     table.add_column("samples", justify="right")
     table.add_column("rejects", justify="right")
@@ -63,7 +67,9 @@ def render_report(report: IngestReport, max_classes: int = 40) -> None:
     )
     for label in sorted(shown):
         table.add_row(
-            label or "(unlabelled)", f"{report.classes.get(label, 0):,}", f"{report.rejected_classes.get(label, 0):,}"
+            escape(label) if label else "(unlabelled)",
+            f"{report.classes.get(label, 0):,}",
+            f"{report.rejected_classes.get(label, 0):,}",
         )
     if len(shown) < len(labels):
         table.add_row(f"... {len(labels) - len(shown)} more classes (see the manifest)", "", "")
@@ -71,17 +77,18 @@ def render_report(report: IngestReport, max_classes: int = 40) -> None:
     table.add_row("[bold]total", f"[bold]{report.samples:,}", f"[bold]{report.rejects:,}")
     out.print(table)
     for reason, n in report.reasons.items():
-        out.print(f"  {n:>6,} × {reason}")
+        out.print(f"  {n:>6,} × {escape(reason)}")
     rate = report.samples / report.seconds if report.seconds else 0.0
     out.print(
         f"[green]✓[/] {report.samples:,} samples, {report.rejects:,} rejects, {report.skipped:,} skipped files"
-        f" → {report.shards} shards ({report.bytes / 1e6:,.1f} MB) in {report.shard_dir}"
+        f" → {report.shards} shards ({report.bytes / 1e6:,.1f} MB) in {escape(str(report.shard_dir))}"
         f"  [dim]{report.seconds:.1f} s, {rate:,.0f} img/s"
         + (f", {report.resumed_shards} shards resumed" if report.resumed_shards else "")
         + "[/]"
     )
     out.print(
-        f"  manifest {report.manifest}  rejects {report.rejects_path}  mean {report.mean:.4f} std {report.std:.4f}"
+        f"  manifest {escape(str(report.manifest))}  rejects {escape(str(report.rejects_path))}"
+        f"  mean {report.mean:.4f} std {report.std:.4f}"
     )
 
 
@@ -219,7 +226,8 @@ def demo_cmd(
                 f"{dataset}: expected {fixture.samples} samples / {fixture.rejects} rejects, "
                 f"got {report.samples} / {report.rejects}"
             )
-    out.print(f"[green]✓[/] all {len(raws)} datasets ingested into {out_dir}/shards and {out_dir}/manifests")
+    where = escape(str(out_dir))
+    out.print(f"[green]✓[/] all {len(raws)} datasets ingested into {where}/shards and {where}/manifests")
 
 
 shard_cli.register(app)

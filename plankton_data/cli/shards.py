@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from plankton_data.audit.preview import contact_sheet
@@ -84,12 +85,14 @@ def shard_cmd(
 
 def render_shard_report(r: ShardSetReport) -> None:
     """Per-dataset table of inputs, kept and removed rows by reason, then what was removed and why."""
-    table = Table(title=f"{r.name}: {r.total:,} samples in {r.shards} shards of {r.samples_per_shard:,}")
+    table = Table(title=escape(f"{r.name}: {r.total:,} samples in {r.shards} shards of {r.samples_per_shard:,}"))
     table.add_column("dataset", no_wrap=True, min_width=max(map(len, r.included)))
     for col in ("input", "kept", *(reason.replace("_", " ") for reason in REASONS)):
         table.add_column(col, justify="right")
     for d in r.included:
-        table.add_row(d, f"{r.inputs[d]:,}", f"{r.kept[d]:,}", *(f"{r.removed[x].get(d, 0):,}" for x in REASONS))
+        table.add_row(
+            escape(d), f"{r.inputs[d]:,}", f"{r.kept[d]:,}", *(f"{r.removed[x].get(d, 0):,}" for x in REASONS)
+        )
     table.add_section()
     table.add_row(
         "[bold]total",
@@ -100,28 +103,30 @@ def render_shard_report(r: ShardSetReport) -> None:
     out.print(table)
     for d in r.excluded:
         compared = f"; the leak guard compared {r.excluded_rows[d]:,} of its images" if d in r.excluded_rows else ""
-        out.print(f"  excluded dataset: {d}{compared}")
+        out.print(escape(f"  excluded dataset: {d}{compared}"))
     for d, why in r.split_rules.items():
         n = r.removed["split_rule"][d]
-        out.print(f"  split rule: {d} {why}; {n:,} rows left out (--all-splits keeps them)", highlight=False)
+        out.print(escape(f"  split rule: {d} {why}; {n:,} rows left out (--all-splits keeps them)"), highlight=False)
     if r.shared_taxa:
         out.print(
             f"  shared taxon: the {len(r.shared_taxa)} taxa DAPlankton shares with SYKE-plankton_IFCB_2022 are"
             " removed from every dataset (--keep-shared-taxa keeps them)"
         )
         for d, labels in r.taxa_removed.items():
-            out.print(f"    {d}: " + ", ".join(f"{label} {n:,}" for label, n in labels.items()), highlight=False)
+            out.print(
+                escape(f"    {d}: " + ", ".join(f"{label} {n:,}" for label, n in labels.items())), highlight=False
+            )
     if r.leaks:
         out.print(
             f"  leak: {len(r.leaks):,} images have the pixels of an excluded image, e.g. "
-            f"{r.leaks[0][0]} = {r.leaks[0][1]}",
+            f"{escape(r.leaks[0][0])} = {escape(r.leaks[0][1])}",
             highlight=False,
         )
     if r.duplicates:
         fate = "dropped" if sum(r.removed["duplicate"].values()) else "kept (--drop-duplicates drops them)"
         out.print(
             f"  duplicate: {len(r.duplicates):,} images have the pixels of an image of another dataset, "
-            f"e.g. {r.duplicates[0][0]} = {r.duplicates[0][1]}; {fate}",
+            f"e.g. {escape(r.duplicates[0][0])} = {escape(r.duplicates[0][1])}; {fate}",
             highlight=False,
         )
     if r.remainder:
@@ -129,16 +134,16 @@ def render_shard_report(r: ShardSetReport) -> None:
             f"  remainder: {len(r.remainder):,} samples after the last full shard are left out, so every "
             f"shard holds exactly {r.samples_per_shard:,}"
         )
-    out.print(f"  every removed sample is listed with its reason in {r.removed_path}")
+    out.print(escape(f"  every removed sample is listed with its reason in {r.removed_path}"))
     for note in r.notes:
-        out.print(f"  [yellow]note:[/] {note}")
+        out.print(f"  [yellow]note:[/] {escape(note)}")
     rate = r.bytes / 1e6 / r.seconds if r.seconds else 0.0
     resumed = f", {r.resumed_shards} shards resumed" if r.resumed_shards else ""
     out.print(
-        f"[green]✓[/] {r.total:,} samples → {r.shards} shards ({r.bytes / 1e6:,.1f} MB) in {r.shard_dir}"
+        f"[green]✓[/] {r.total:,} samples → {r.shards} shards ({r.bytes / 1e6:,.1f} MB) in {escape(str(r.shard_dir))}"
         f"  [dim]{r.seconds:.1f} s, {rate:,.0f} MB/s{resumed}[/]"
     )
-    out.print(f"  manifest {r.manifest}  mean {r.mean:.4f} std {r.std:.4f}")
+    out.print(escape(f"  manifest {r.manifest}  mean {r.mean:.4f} std {r.std:.4f}"))
 
 
 def verify_cmd(
@@ -151,12 +156,12 @@ def verify_cmd(
     """
     problems = verify(path, manifest)
     for p in problems:
-        out.print(f"[red]✗[/] {p}", highlight=False, soft_wrap=True)  # one unbroken line per problem, for grep
+        out.print(f"[red]✗[/] {escape(str(p))}", highlight=False, soft_wrap=True)  # one unbroken line each, for grep
     if problems:
-        console.print(f"[red]error:[/] {len(problems)} problem(s) in {path}", soft_wrap=True)
+        console.print(f"[red]error:[/] {len(problems)} problem(s) in {escape(str(path))}", soft_wrap=True)
         raise typer.Exit(1)
     index = read_index(path)
-    out.print(f"[green]✓[/] {path}: {len(index.shards)} shards, {index.total:,} samples intact")
+    out.print(f"[green]✓[/] {escape(str(path))}: {len(index.shards)} shards, {index.total:,} samples intact")
 
 
 def stats_cmd(
@@ -174,14 +179,14 @@ def stats_cmd(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    sizes = Table(title=f"{summary['manifest']}: {summary['total']:,} samples")
+    sizes = Table(title=escape(f"{summary['manifest']}: {summary['total']:,} samples"))
     for col in ("dataset", "samples", "classes", "width p10/median/p90", "height p10/median/p90", "longer side"):
         sizes.add_column(col, justify="left" if col == "dataset" else "right")
     for d, s in summary["datasets"].items():
         w, h = s["orig_width"], s["orig_height"]
         hist = " ".join(f"{k}:{v:,}" for k, v in s["longer_side"].items() if v)
         sizes.add_row(
-            d,
+            escape(d),
             f"{s['samples']:,}",
             f"{len(s['classes']):,}",
             f"{w['p10']}/{w['median']}/{w['p90']}",
@@ -195,7 +200,7 @@ def stats_cmd(
             classes.add_column(col, justify="right" if col == "samples" else "left")
         for d, s in summary["datasets"].items():
             for label, n in list(s["classes"].items())[:top]:
-                classes.add_row(d, label or "(unlabelled)", f"{n:,}")
+                classes.add_row(escape(d), escape(label) if label else "(unlabelled)", f"{n:,}")
             classes.add_section()
         out.print(classes)
 
@@ -214,4 +219,4 @@ def preview_cmd(
     Example: plankton-data preview shards/no_daplankton --out preview.png
     """
     written = contact_sheet(path, out_file, per_dataset, tile, seed, shards, manifests)
-    out.print(f"[green]✓[/] {written}")
+    out.print(f"[green]✓[/] {escape(str(written))}")
