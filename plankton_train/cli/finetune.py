@@ -46,7 +46,10 @@ def splits(
 
 def finetune(
     manifest: Annotated[Path, typer.Option(help="Manifest Parquet of the labelled dataset.")],
-    shards_root: Annotated[Path, typer.Option(help="Shards root (manifest `shard` paths are relative to it).")],
+    shards_root: Annotated[
+        Path,
+        typer.Option("--shards", help="Shards root, as in plankton-data (manifest `shard` paths are relative to it)."),
+    ],
     splits_file: Annotated[Path, typer.Option("--splits", help="Splits Parquet from `plankton-train splits`.")],
     output: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
     group: Annotated[str, typer.Option(help="Group to train on (default: the only one in the splits file).")] = "",
@@ -84,7 +87,7 @@ def finetune(
 ) -> None:
     """Fine-tune one cell (group, fold, fraction) with the paper's recipe; best epoch chosen on validation.
 
-    Example: plankton-train finetune --manifest manifests/daplankton.parquet --shards-root shards
+    Example: plankton-train finetune --manifest manifests/daplankton.parquet --shards shards
     --splits splits/daplankton.parquet --group daplankton/lab/CS --fraction 0.01 --init imagenet
     --out runs/cs1
     """
@@ -146,16 +149,31 @@ def experiment(
 
 
 def report(
-    results: Annotated[Path, typer.Argument(help="results.csv written by `plankton-train experiment`.")],
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="results.csv of `plankton-train experiment` (or its folder), or one `plankton-train finetune` "
+            "run folder."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
     confusion_fractions: Annotated[str, typer.Option(help="Fractions with confusion PNGs (default: all).")] = "",
 ) -> None:
     """Tables (mean ± std over folds), accuracy-vs-fraction plot, confusion matrices, per-class metrics, ECE.
 
     Example: plankton-train report runs/daplankton/results.csv --out reports/daplankton
+
+    Example (one run): plankton-train report runs/cs1 --out reports/cs1
     """
+    from plankton_train.protocol.experiment import RESULTS_NAME, run_results
     from plankton_train.protocol.report import write_report
 
+    if results.is_dir() and (results / RESULTS_NAME).is_file():
+        results = results / RESULTS_NAME  # an experiment folder
+    elif results.is_dir():  # one finetune run folder: a one-row results table beside the report
+        output.mkdir(parents=True, exist_ok=True)
+        run_results(results).to_csv(output / RESULTS_NAME, index=False)
+        results = output / RESULTS_NAME
     files = write_report(results, out=output, confusion_fractions=floats(confusion_fractions) or None)
     out.print((output / "accuracy.md").read_text())
     out.print(f"{len(files)} files in {output}")

@@ -1,8 +1,8 @@
 """The ``plankton-train`` command line: a thin Typer layer over the library.
 
 Commands live beside this module, each file with ``register(app)``: ``pretrain.py`` (pretrain, reconstruct) and
-``finetune.py`` (splits, finetune, experiment, report, predict). They import the library inside the command
-functions, so ``--help`` and ``--version`` never load torch.
+``finetune.py`` (splits, finetune, experiment, report, predict), ``demo.py`` (demo). They import the library inside
+the command functions, so ``--help`` and ``--version`` never load torch.
 
 Errors are handled once, for every command (:class:`_Commands`): a
 :class:`~plankton_data.errors.PlanktonError` (the base of both packages' errors) or an ``OSError`` prints one
@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from plankton_data.errors import PlanktonError
 from plankton_train import __version__
-from plankton_train.cli import finetune, pretrain
+from plankton_train.cli import demo, finetune, pretrain
 from plankton_train.cli._options import console
 
 #: What Ctrl-C tells the user, by command (work already finished stays on disk).
@@ -82,6 +82,7 @@ def _root(
 
 pretrain.register(app)
 finetune.register(app)
+demo.register(app)
 
 
 def main() -> None:

@@ -80,13 +80,17 @@ class _Display:
 
 
 def pretrain(
-    shards: Annotated[
-        Path | None, typer.Option(help="Shard folder (with index.json). Required unless --resume.")
+    shard_set: Annotated[
+        Path | None,
+        typer.Option(help="One shard folder (with index.json), e.g. shards/no_daplankton. Required unless --resume."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Run folder: config, metrics, checkpoints, encoder.")] = Path(
         "runs/pretrain"
     ),
     model: Annotated[ModelName, typer.Option(help="Encoder architecture (timm name).")] = "vit_large_patch16_224",
+    img_size: Annotated[
+        int, typer.Option(help="Network input side in px (0: the model's own: 224, or 64 for mae_cpu64).")
+    ] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per device per micro-step.")] = 256,
     eff_batch: Annotated[int, typer.Option(help="Images per optimiser step, all devices (accumulates).")] = 4096,
     blr: Annotated[float, typer.Option(help="Base learning rate; lr = blr * eff_batch / 256.")] = 1.5e-4,
@@ -117,27 +121,30 @@ def pretrain(
 
     Example:
 
-        plankton-train pretrain --shards shards/all --out runs/mae-vitl
+        plankton-train pretrain --shard-set shards/all --out runs/mae-vitl
 
-        torchrun --nproc_per_node 8 --no-python plankton-train pretrain --shards shards/all --out runs/mae
+        plankton-train pretrain --shard-set shards/all --model mae_cpu64 --epochs 20 --batch-size 64 --eff-batch 64
 
-    With --resume the run's settings come from the checkpoint: only --shards (a moved copy of
+        torchrun --nproc_per_node 8 --no-python plankton-train pretrain --shard-set shards/all --out runs/mae
+
+    With --resume the run's settings come from the checkpoint: only --shard-set (a moved copy of
     the same shard set) and --workers may change; other training options are ignored.
     """
     from plankton_train.pretrain import PretrainConfig, resume_config, run_pretrain  # torch import: lazy
 
     rank0 = os.environ.get("RANK", "0") == "0"
     if resume is not None:
-        cfg = resume_config(resume, shards=None if shards is None else str(shards), workers=workers)
+        cfg = resume_config(resume, shards=None if shard_set is None else str(shard_set), workers=workers)
         if rank0:
             _console.print(f"resuming {cfg.out} from {resume}: training options come from the checkpoint")
-    elif shards is None:
-        raise PretrainError("--shards is required (or --resume a run)")
+    elif shard_set is None:
+        raise PretrainError("--shard-set is required (or --resume a run)")
     else:
         cfg = PretrainConfig(
-            shards=str(shards),
+            shards=str(shard_set),
             out=str(out),
             model=ModelName(model).value,
+            img_size=img_size,
             batch_size=batch_size,
             eff_batch=eff_batch,
             blr=blr,
@@ -163,7 +170,7 @@ def pretrain(
 def reconstruct(
     checkpoint: Annotated[Path, typer.Option(help="Training checkpoint file or run folder.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")],
-    shards: Annotated[
+    shard_set: Annotated[
         Path | None, typer.Option(help="Shard folder to draw images from [default: the training one].")
     ] = (None),
     n: Annotated[int, typer.Option(min=1, help="Number of images (rows).")] = 8,
@@ -177,7 +184,7 @@ def reconstruct(
     """
     from plankton_train.protocol.reconstruct import reconstruct as make_figure  # torch import: lazy
 
-    path = make_figure(checkpoint, out=out, shards=shards, n=n, seed=seed)
+    path = make_figure(checkpoint, out=out, shards=shard_set, n=n, seed=seed)
     typer.echo(str(path))
 
 

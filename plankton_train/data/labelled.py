@@ -86,7 +86,7 @@ class _TarFiles:
         if fh is None:
             path = self.root / shard
             if not path.is_file():
-                raise LabelledDataError(f"shard {path} is missing (is --shards-root right?)")
+                raise LabelledDataError(f"shard {path} is missing (is --shards, the shards root, right?)")
             fh = self._open[shard] = open(path, "rb")  # noqa: SIM115 - kept open for the dataset's lifetime
         fh.seek(offset)
         data = fh.read(length)

@@ -24,8 +24,8 @@ import yaml
 
 from plankton_data.format.atomic import atomic_path
 from plankton_train.errors import ExperimentError
-from plankton_train.finetune import Cell, Recipe, finetune
-from plankton_train.models.classifier import EncoderSpec
+from plankton_train.finetune import METRICS_NAME, Cell, Recipe, finetune
+from plankton_train.models.classifier import INFO_NAME, EncoderSpec
 from plankton_train.models.registry import INIT_PREFIXES, NAMED_INITS
 from plankton_train.protocol.splits import read_splits
 
@@ -251,3 +251,33 @@ def read_results_csv(path: Path) -> pd.DataFrame:
     if not complete.all():
         log.warning("%s: %d incomplete row(s) dropped; their cells will be run again", path, int((~complete).sum()))
     return table[complete].reset_index(drop=True)
+
+
+def run_results(run_dir: Path | str) -> pd.DataFrame:
+    """The one-row results table (:data:`RESULT_COLUMNS`) of a single ``plankton-train finetune`` run folder.
+
+    Built from the folder's ``metrics.json`` (the test metrics; written last, so only a finished run has it) and
+    ``classifier.json`` (the cell and the init); ``run_dir`` is absolute, so the table can be written anywhere
+    and the report still finds the run's ``test_predictions.parquet``.
+    """
+    run_dir = Path(run_dir).resolve()
+    metrics_path, info_path = run_dir / METRICS_NAME, run_dir / INFO_NAME
+    if not metrics_path.is_file() or not info_path.is_file():
+        raise ExperimentError(
+            f"{run_dir} is not a finished finetune run folder (needs {METRICS_NAME} and {INFO_NAME}) "
+            f"nor an experiment folder with {RESULTS_NAME}"
+        )
+    metrics, info = json.loads(metrics_path.read_text()), json.loads(info_path.read_text())
+    cell = info.get("cell", {})
+    init = str(info.get("initialised_from", ""))
+    model = init if init in NAMED_INITS or init.startswith(INIT_PREFIXES) else Path(init).name or "model"
+    row = {
+        **metrics,
+        "model": model,
+        "init": init,
+        "group": cell.get("group", ""),
+        "fraction": float(cell.get("fraction", 1.0)),
+        "fold": int(cell.get("fold", 0)),
+        "run_dir": run_dir.as_posix(),
+    }
+    return pd.DataFrame([{c: row.get(c) for c in RESULT_COLUMNS}])

@@ -56,7 +56,7 @@ def test_device_is_checked_before_anything_runs(device: str, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("init", ["nonsense", "hf-hub:no_org", "timm:", "", "local-dir:/no/such/dir"])
 def test_init_kind_is_checked_in_one_line(init: str, tmp_path: Path) -> None:
-    args = ["finetune", "--manifest", "m", "--shards-root", "s", "--splits", "x", "--out", "o", "--init", init]
+    args = ["finetune", "--manifest", "m", "--shards", "s", "--splits", "x", "--out", "o", "--init", init]
     r = runner.invoke(app, args)
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert r.output.startswith(f"error: unknown init {init!r}: use random, imagenet, imagenet-supervised, timm:NAME")

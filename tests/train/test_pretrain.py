@@ -215,7 +215,7 @@ def test_cli_pretrains_and_reconstructs_end_to_end(synthetic_shards, tmp_path):
     out = tmp_path / "cli-run"
     args = [
         "pretrain",
-        "--shards",
+        "--shard-set",
         str(synthetic_shards.folder),
         "--out",
         str(out),
@@ -245,7 +245,7 @@ def test_cli_pretrains_and_reconstructs_end_to_end(synthetic_shards, tmp_path):
     again = runner.invoke(app, args)  # same run folder without --resume
     assert again.exit_code == 1 and "already holds checkpoints" in again.output
     for bad in (
-        ["pretrain", "--shards", str(tmp_path / "nowhere")],
+        ["pretrain", "--shard-set", str(tmp_path / "nowhere")],
         ["pretrain"],
         ["reconstruct", "--checkpoint", str(tmp_path), "--out", str(figure)],
     ):
