@@ -12,8 +12,8 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: setup demo test lint bench
 setup: $(BIN)/.installed
 
-demo: setup  ## generate raw archives of all seven datasets, ingest them, print the summary
-	$(BIN)/plankton-data demo --out sample_data
+demo: setup  ## the whole toolkit on generated sample data, CPU only, ~5 min: ingest, shard set, MAE, fine-tune, report, predict
+	$(BIN)/plankton-train demo --out sample_data
 
 test: setup  ## lint + the whole test suite (real-data tests skip when ../shared/realdata is absent)
 	$(BIN)/ruff check .

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,24 +204,77 @@ def test_cli_stats_json_and_table(built):
 # --- preview ------------------------------------------------------------------------------------------------
 
 
+def png_dpi(path: Path) -> float:
+    """Resolution a PNG declares in its ``pHYs`` chunk (0 when it has none)."""
+    data = path.read_bytes()
+    at = data.find(b"pHYs")
+    if at < 0:
+        return 0.0
+    x, _, unit = struct.unpack(">IIB", data[at + 4 : at + 13])
+    return round(x * 0.0254, 1) if unit == 1 else 0.0
+
+
+def pdf_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """The gray image of a one-image PDF as :func:`contact_sheet` writes it, and its page size in points;
+    the xref table's offsets are checked to point at their objects."""
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    xref = int(data[data.rindex(b"startxref") + 9 :].split()[0])
+    table = data[xref:].split(b"trailer")[0].split(b"\n")[2:]
+    for n, entry in enumerate((e for e in table if e.strip().endswith(b"n")), 1):
+        assert data[int(entry[:10]) :].startswith(f"{n} 0 obj".encode()), n
+    head = re.search(rb"/Width (\d+) /Height (\d+).*?/Length (\d+) >>\nstream\n", data)
+    assert head is not None
+    w, h, n = (int(g) for g in head.groups())
+    pixels = zlib.decompress(data[head.end() : head.end() + n])
+    box = re.search(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", data)
+    assert box is not None
+    return np.frombuffer(pixels, np.uint8).reshape(h, w), (float(box.group(1)), float(box.group(2)))
+
+
 def test_preview_draws_one_labelled_row_of_samples_per_dataset(built, tmp_path):
     out = contact_sheet(built.mix, tmp_path / "sheet.png", per_dataset=4, tile=64)
     sheet = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
-    assert sheet.shape == (len(DATASETS) * 68 + 4, 220 + 4 * 68 + 4)
+    assert sheet.shape[1] == 220 + 4 * 68 + 4
+    row = (sheet.shape[0] - 4) // len(DATASETS)  # tile + class-name caption + gap
+    assert sheet.shape[0] == len(DATASETS) * row + 4 and row - 4 >= 64 + 2 * 8  # room for two caption lines
     for r in range(len(DATASETS)):
-        y = 4 + r * 68
+        y = 4 + r * row
         assert (sheet[y : y + 64, :200] < 60).any()  # the dataset name is drawn
         for c in range(4):
-            tile = sheet[y : y + 64, 224 + c * 68 : 224 + c * 68 + 64]
+            x = 224 + c * 68
+            tile = sheet[y : y + 64, x : x + 64]
             assert tile.std() > 5  # a real image, not the empty background
+            caption = sheet[y + 64 : y + row - 4, x : x + 64]
+            assert (caption < 60).sum() > 10  # the class name (or "(unlabelled)") is written under the tile
+            assert (sheet[y + 64 : y + row - 4, x + 64 : x + 68] >= 200).all()  # ... and stays in its column
     assert contact_sheet(built.mix, tmp_path / "again.png", per_dataset=4, tile=64).read_bytes() == out.read_bytes()
     other = contact_sheet(built.mix, tmp_path / "other.png", per_dataset=4, tile=64, seed=1)
     assert other.read_bytes() != out.read_bytes()
+    # for papers: the PNG declares 200 dpi; the PDF beside it holds the same pixels on a page at 200 dpi
+    assert png_dpi(out) >= 200
+    pixels, (pw, ph) = pdf_image(out.with_suffix(".pdf"))
+    np.testing.assert_array_equal(pixels, sheet)
+    assert (pw, ph) == pytest.approx((sheet.shape[1] * 72 / 200, sheet.shape[0] * 72 / 200), abs=0.01)
+    with pytest.raises(PlanktonDataError, match="PNG to write"):
+        contact_sheet(built.mix, tmp_path / "sheet.pdf", per_dataset=2, tile=32)
+
+
+def test_preview_captions_fit_their_tile():
+    from plankton_data.audit.preview import _caption_lines, _text_width
+
+    assert _caption_lines("daphnia", 126, 0.4) == ["daphnia"]
+    lines = _caption_lines("dolichospermum_anabaenopsis_coiled", 126, 0.4)
+    assert lines[0].endswith("_") and len(lines) == 2 and all(_text_width(t, 0.4) <= 126 for t in lines)
+    long = _caption_lines("x" * 200, 62, 0.3)
+    assert len(long) == 2 and long[1].endswith("..") and all(_text_width(t, 0.3) <= 62 for t in long)
 
 
 def test_cli_preview_writes_the_png(built, tmp_path):
     res = CliRunner().invoke(app(), ["preview", str(built.shards / "zoolake"), "--out", str(tmp_path / "z.png")])
-    assert res.exit_code == 0 and cv2.imread(str(tmp_path / "z.png")).shape[0] == 128 + 8
+    assert res.exit_code == 0
+    assert cv2.imread(str(tmp_path / "z.png")).shape[0] > 4 + 128 + 20 + 4  # one row: tile, caption, gaps
+    assert (tmp_path / "z.pdf").read_bytes().startswith(b"%PDF")
 
 
 # --- real data ----------------------------------------------------------------------------------------------
@@ -245,7 +301,7 @@ def test_real_kaggle_classes_verify_stats_and_preview(tmp_path):
     stats = summarize("kaggle", tmp_path / "shards", tmp_path / "manifests")["datasets"]["kaggle"]
     assert stats["classes"] == dict(expected.most_common()) and len(expected) == 3
     sheet = contact_sheet(report.shard_dir, tmp_path / "k.png", per_dataset=3, tile=32)
-    assert cv2.imread(str(sheet)).shape[:2] == (40, 220 + 3 * 36 + 4)
+    assert cv2.imread(str(sheet)).shape[1] == 220 + 3 * 36 + 4 and sheet.with_suffix(".pdf").is_file()
     tar = report.shard_dir / "kaggle-000000.tar"
     tar.write_bytes(tar.read_bytes()[:-20000])
     problems = verify(report.shard_dir)
