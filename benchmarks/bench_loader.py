@@ -10,7 +10,7 @@ Timing: each loader is started, warmed up for a few batches, then timed in windo
 alternate ours/anchor so that load from other processes hits both alike. Reports the median images/s of
 each and the ratio (issue 4 bar: >= 3x the anchor per worker, i.e. at the same worker count).
 
-    python benchmarks/bench_loader.py --shards shards/kaggle --workers 2
+    python benchmarks/bench_loader.py --shard-set shards/kaggle --workers 2
     python benchmarks/bench_loader.py --raw ../shared/realdata/kaggle/train.zip   # ingests first
 """
 
@@ -132,7 +132,9 @@ def anchor(images: Path, mean: float, std: float, batch: int, workers: int):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shards", type=Path, help="existing shard folder (default: ingest --raw into --work)")
+    ap.add_argument(
+        "--shard-set", dest="shards", type=Path, help="existing shard folder (default: ingest --raw into --work)"
+    )
     ap.add_argument("--raw", type=Path, default=DEFAULT_RAW, help="Kaggle NDSB train.zip")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_loader"), help="where to ingest --raw")
     ap.add_argument("--workers", type=int, default=2, help="loader workers for both")
@@ -145,7 +147,7 @@ def main() -> int:
     folder = args.shards
     if folder is None:
         if not args.raw.is_file():
-            print(f"skipped: no --shards given and no Kaggle train.zip at {args.raw}")
+            print(f"skipped: no --shard-set given and no Kaggle train.zip at {args.raw}")
             return 0
         folder = build_shards(args.raw, args.work, max(1, args.workers))
     if not (folder / "index.json").is_file():

@@ -6,7 +6,7 @@ metric windows, discards the first (worker start-up, kernel selection) and repor
 FLOPs per image come from ``torch.utils.flop_counter`` on one forward+backward of the same model; MFU is
 achieved FLOP/s over the GPU's dense bf16 peak. Issue 4 bar: >= 2,000 images/s on one H100, data-wait < 5 %.
 
-    python benchmarks/bench_pretrain_gpu.py --shards runs/bench_loader/shards/kaggle --workers 14
+    python benchmarks/bench_pretrain_gpu.py --shard-set runs/bench_loader/shards/kaggle --workers 14
 
 Without a GPU it says so and runs a tiny CPU smoke test of the same path (exit status 0).
 """
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, model: str, batch: int, eff_batch: int, steps:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shards", type=Path, required=True, help="shard folder with index.json")
+    ap.add_argument("--shard-set", dest="shards", type=Path, required=True, help="shard folder with index.json")
     ap.add_argument("--model", default="vit_large_patch16_224")
     ap.add_argument("--batch", type=int, default=256, help="images per micro-step")
     ap.add_argument("--eff-batch", type=int, default=4096, help="images per optimiser step")
