@@ -558,3 +558,59 @@ def test_markup_in_labels_and_paths_prints_as_written(tmp_path):
     res = cli("verify", base / "shards" / "pmid2019")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "".join(f"problem(s) in {base / 'shards' / 'pmid2019'}".split()) in "".join(res.stderr.split())
+
+
+# --- a killed parallel ingest leaves no processes behind ----------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, ppid)`` of a live process from /proc, or ``None`` once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) and st[1] == parent:
+                found.add(int(entry.name))
+                todo.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] != "Z"  # a zombie has exited; only its exit status waits to be collected
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
+    from tests.test_ingest import _big_kaggle_zip
+
+    raw = _big_kaggle_zip(tmp_path / "train.zip", 4000)
+    proc = subprocess.Popen(
+        [str(PD), "ingest", "kaggle", "--raw", str(raw), "-w", "2", "--records-per-shard", "200",
+         "--shards", str(tmp_path / "s"), "--manifests", str(tmp_path / "m")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    children: set[int] = set()
+    while time.time() < deadline and proc.poll() is None:
+        children = _descendants(proc.pid)
+        if len(children) >= 3 and list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
+            break  # two workers and the resource tracker, mid-run
+        time.sleep(0.05)
+    assert proc.poll() is None and len(children) >= 3, "the kill must land mid-run, with the workers up"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if _alive(pid)}
+    assert not left, f"orphaned processes: {left}"

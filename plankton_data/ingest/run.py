@@ -20,6 +20,8 @@ import errno
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 import zipfile
 import zlib
@@ -210,10 +212,33 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init) as pool:
+    pool = ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
+    )
+    with pool:
         for future in [pool.submit(worker_init) for _ in range(workers)]:  # spawn all of them now
             future.result()
         yield pool
+
+
+def _worker_start(parent: int) -> None:
+    """Initializer of every worker process: one OpenCV thread, and exit once the parent is gone.
+
+    A parent killed with SIGKILL cannot stop its workers, and they do not notice on their own: each holds both
+    ends of the pool's pipes, so a worker blocked writing a result waits forever (and keeps the resource
+    tracker alive). A daemon thread polls ``os.getppid()``: it changes when the parent dies (the worker is
+    reparented), and the worker then exits at once.
+    """
+    worker_init()
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 0.25) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)  # no cleanup: the parent that would consume it is gone
 
 
 def _run(
