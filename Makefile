@@ -9,15 +9,22 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $@
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test test-fast lint bench
 setup: $(BIN)/.installed
 
 demo: setup  ## the whole toolkit on generated sample data, CPU only, ~5 min: ingest, shard set, MAE, fine-tune, report, predict
 	$(BIN)/plankton-train demo --out sample_data
 
-test: setup  ## lint + the whole test suite (real-data tests skip when ../shared/realdata is absent)
+lint: setup  ## ruff (lint + format) and mypy, with the versions pinned in pyproject.toml
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy plankton_data plankton_train
+
+test: lint  ## lint + the whole test suite, slow tests included (real-data tests skip when ../shared/realdata is absent)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the suite without the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/bench_ingest.py

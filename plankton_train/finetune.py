@@ -160,9 +160,9 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
     if recipe.normalization not in ("dataset", "encoder"):
         raise FinetuneError(f"normalization must be dataset or encoder, got {recipe.normalization!r}")
     # "encoder" falls back to the dataset's statistics when the weights carry none (random init).
-    use_encoder = recipe.normalization == "encoder" and model.pretrained_norm is not None
-    mean, std = model.pretrained_norm if use_encoder else dataset_stats
-    source = "encoder" if use_encoder else "dataset"
+    norm = model.pretrained_norm if recipe.normalization == "encoder" else None
+    mean, std = norm if norm is not None else dataset_stats
+    source = "encoder" if norm is not None else "dataset"
     log.info("normalising with mean %.4f std %.4f (%s)", mean, std, source)
     best_epoch, val_accuracy, history = _fit(model, loaders, recipe, mean, std, device)
     probs, _ = predict_probs(model, loaders["test"], mean, std, device)

@@ -145,7 +145,7 @@ def experiment(
         out.print(f"{len(cells)} cells")
         return
     results = run_experiment(exp, out=output)
-    out.print(f"{len(results)} result rows in {(output or exp.out) / 'results.csv'}")
+    out.print(f"{len(results)} result rows in {Path(output or exp.out or '.') / 'results.csv'}")
 
 
 def report(

@@ -17,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -26,7 +27,8 @@ from plankton_train.cli._options import console as _console
 from plankton_train.errors import PretrainError
 from plankton_train.models.registry import MODEL_NAMES
 
-ModelName = Enum("ModelName", {name: name for name in MODEL_NAMES}, type=str)
+ModelName = Enum("ModelName", {name: name for name in MODEL_NAMES}, type=str)  # type: ignore[misc]  # from the registry
+_DEFAULT_MODEL = ModelName("vit_large_patch16_224")
 
 
 class _Display:
@@ -43,7 +45,7 @@ class _Display:
             TextColumn("{task.fields[info]}"),
             console=console,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __call__(self, record: dict) -> None:
         event = record["event"]
@@ -55,9 +57,9 @@ class _Display:
             )
             self.progress.start()
             self.task = self.progress.add_task("", total=record["total_steps"], completed=record["step"], info="")
-        elif event == "step":
+        elif event == "step" and self.task is not None:
             self.progress.update(self.task, completed=record["step"])
-        elif event == "log":
+        elif event == "log" and self.task is not None:
             info = (
                 f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.0f} img/s  "
                 f"data-wait {100 * record['data_wait']:.1f}%"
@@ -87,7 +89,7 @@ def pretrain(
     out: Annotated[Path, typer.Option(help="Run folder: config, metrics, checkpoints, encoder.")] = Path(
         "runs/pretrain"
     ),
-    model: Annotated[ModelName, typer.Option(help="Encoder architecture (timm name).")] = "vit_large_patch16_224",
+    model: Annotated[ModelName, typer.Option(help="Encoder architecture (timm name).")] = _DEFAULT_MODEL,
     img_size: Annotated[
         int, typer.Option(help="Network input side in px (0: the model's own: 224, or 64 for mae_cpu64).")
     ] = 0,

@@ -96,7 +96,7 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float
     key in the group: the schedule must multiply it in (:func:`set_lr` does), because torch optimisers ignore
     unknown keys - the timm pitfall where layer decay silently does nothing.
     """
-    depth = len(model.encoder.blocks)
+    depth = len(model.encoder.blocks)  # type: ignore[union-attr,arg-type]  # timm ViT: blocks is a Sequential
     return param_groups(
         model, weight_decay, lr_scale_fn=lambda name: layer_decay ** (depth + 1 - layer_id(name, depth))
     )

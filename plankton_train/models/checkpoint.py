@@ -45,7 +45,7 @@ def state_digest(state: dict) -> str:
         if isinstance(value, torch.Tensor):
             data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             h.update(f"{where}:{value.dtype}:{tuple(value.shape)}".encode())
-            h.update(data)
+            h.update(data.data)  # the array's buffer, no copy
         elif isinstance(value, dict):
             for key in sorted(value, key=repr):
                 walk(value[key], f"{where}/{key!r}")

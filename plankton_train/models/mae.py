@@ -18,12 +18,14 @@ stock examples handled here:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import timm
 import torch
 from lightly.models import utils as lutils
 from lightly.models.modules.masked_vision_transformer_decoder_timm import MaskedVisionTransformerDecoderTIMM
 from lightly.models.modules.masked_vision_transformer_timm import MaskedVisionTransformerTIMM, init_weights
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 
@@ -108,11 +110,11 @@ class MAE(nn.Module):
     def __init__(self, cfg: MAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        vit = timm.create_model(cfg.arch, pretrained=False, num_classes=0, **cfg.timm_args())
+        vit = cast(VisionTransformer, timm.create_model(cfg.arch, pretrained=False, num_classes=0, **cfg.timm_args()))
         self.backbone = MaskedVisionTransformerTIMM(vit=vit)  # MAE init + fixed sin-cos pos embed
         self.backbone.mask_token.requires_grad_(False)  # never used: masked patches are dropped
-        self.num_prefix = vit.num_prefix_tokens
-        self.num_patches = vit.patch_embed.num_patches
+        self.num_prefix: int = vit.num_prefix_tokens
+        self.num_patches: int = vit.patch_embed.num_patches
         self.decoder_embed = nn.Linear(vit.embed_dim, cfg.decoder_dim)
         self.decoder = MaskedVisionTransformerDecoderTIMM(
             num_patches=self.num_patches,
