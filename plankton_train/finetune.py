@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -69,6 +70,21 @@ class Recipe:
     num_workers: int = 4
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        """Raise :class:`FinetuneError` on values that cannot work, before any data is read."""
+        positive = ("epochs", "batch_size", "lr", "img_size", "resize")
+        bad = [f"{n}={getattr(self, n)}" for n in positive if not 0 < getattr(self, n) < math.inf]
+        bad += [f"{n}={getattr(self, n)}" for n in ("min_lr", "weight_decay") if not 0 <= getattr(self, n) < math.inf]
+        bad += [f"{n}={getattr(self, n)}" for n in ("warmup_epochs", "num_workers", "seed") if getattr(self, n) < 0]
+        if not 0 < self.layer_decay <= 1 or not 0 <= self.label_smoothing < 1:
+            bad.append(f"layer_decay={self.layer_decay} (0, 1], label_smoothing={self.label_smoothing} [0, 1)")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            bad.append(f"crop_scale={self.crop_scale}")
+        if self.normalization not in ("dataset", "encoder"):
+            bad.append(f"normalization={self.normalization!r} (dataset or encoder)")
+        if bad:
+            raise FinetuneError(f"invalid fine-tuning settings: {', '.join(bad)}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,7 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_NAME).unlink(missing_ok=True)
     t0 = time.perf_counter()
+    recipe.validate()
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     loaders, classes, dataset_stats = _loaders(cell, recipe)
@@ -157,8 +174,6 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
         log.warning(
             "fine-tuning %s (ViT-L or larger) on a CPU: expect hours per epoch; a GPU is advised", model.spec.arch
         )
-    if recipe.normalization not in ("dataset", "encoder"):
-        raise FinetuneError(f"normalization must be dataset or encoder, got {recipe.normalization!r}")
     # "encoder" falls back to the dataset's statistics when the weights carry none (random init).
     norm = model.pretrained_norm if recipe.normalization == "encoder" else None
     mean, std = norm if norm is not None else dataset_stats

@@ -32,3 +32,17 @@ def test_splits_by_a_missing_column_or_on_a_rejects_file(synthetic_shards, tmp_p
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert [line for line in res.stderr.splitlines() if line.strip()][-1].startswith("error:")
     assert "has no column nosuchcol" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "change", [{"lr": -1.0}, {"img_size": 0}, {"epochs": 0}, {"lr": float("nan")}, {"normalization": "x"}]
+)
+def test_finetune_settings_are_checked_before_any_work(change):
+    from dataclasses import replace
+
+    from plankton_train.errors import FinetuneError
+    from plankton_train.finetune import Recipe
+
+    with pytest.raises(FinetuneError, match="invalid fine-tuning settings"):
+        replace(Recipe(), **change).validate()
+    Recipe().validate()  # the paper's recipe is valid
