@@ -34,6 +34,16 @@ RESUME_HINTS = {
 _RESTART = "nothing half-written is kept under a final name; rerun the same command"
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line. An error raised in a DataLoader worker reaches the main process
+    with the worker's whole traceback as its message; the line that matters is the original message at its end."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return " ".join(text.split())
+
+
 class _Commands(TyperGroup):
     """The command group; its :meth:`invoke` is the one error handler of the CLI."""
 
@@ -43,7 +53,7 @@ class _Commands(TyperGroup):
         except (PlanktonError, OSError) as exc:
             if os.environ.get("PLANKTON_DEBUG"):
                 raise
-            console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             hint = RESUME_HINTS.get(ctx.invoked_subcommand or "", _RESTART)

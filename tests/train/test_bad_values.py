@@ -46,3 +46,16 @@ def test_finetune_settings_are_checked_before_any_work(change):
     with pytest.raises(FinetuneError, match="invalid fine-tuning settings"):
         replace(Recipe(), **change).validate()
     Recipe().validate()  # the paper's recipe is valid
+
+
+def test_an_error_from_a_loader_worker_is_shown_as_its_own_message():
+    from plankton_train.cli.main import one_line
+    from plankton_train.errors import LabelledDataError
+
+    wrapped = LabelledDataError(
+        "Caught LabelledDataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise LabelledDataError(msg)\n'
+        "plankton_train.errors.LabelledDataError: cannot decode the jpg image at byte 512 of a/b.tar: bad\n"
+    )
+    assert one_line(wrapped) == "cannot decode the jpg image at byte 512 of a/b.tar: bad"
+    assert one_line(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"
