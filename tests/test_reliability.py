@@ -614,3 +614,31 @@ def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
         time.sleep(0.1)
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if _alive(pid)}
     assert not left, f"orphaned processes: {left}"
+
+
+def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C in a terminal does), workers included."""
+    from tests.test_ingest import _big_kaggle_zip
+
+    raw = _big_kaggle_zip(tmp_path / "train.zip", 3000)
+    args = ["ingest", "kaggle", "--raw", str(raw), "-w", "2", "--records-per-shard", "100"]
+    ref = cli(*args, "--shards", tmp_path / "ref" / "s", "--manifests", tmp_path / "ref" / "m")
+    assert ref.returncode == 0
+    roots = ["--shards", str(tmp_path / "s"), "--manifests", str(tmp_path / "m")]
+    proc = subprocess.Popen([str(PD), *args, *roots], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "interrupted: finished shards are kept; rerun the same command to resume"
+    ]
+    res = cli(*args, *roots)
+    assert res.returncode == 0 and "resumed" in res.stdout
+    strip = lambda d: {k.rsplit(os.sep, 2)[-2:][-1]: v for k, v in d.items()}  # noqa: E731
+    assert strip(_digests(tmp_path / "s", tmp_path / "m")) == strip(
+        _digests(tmp_path / "ref" / "s", tmp_path / "ref" / "m")
+    )

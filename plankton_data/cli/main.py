@@ -255,8 +255,7 @@ def main() -> None:
         console.print(f"[red]error:[/] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] finished shards are kept; rerun the same command to resume")
-        sys.exit(130)
+        code = 130
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -267,6 +266,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:  # Ctrl-C: during a command Typer turns it into the exit code 130 itself
+        console.print("[yellow]interrupted:[/] finished shards are kept; rerun the same command to resume")
     sys.exit(code if isinstance(code, int) else 0)
 
 

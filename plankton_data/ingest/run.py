@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import zipfile
@@ -215,14 +216,19 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_worker_start, initargs=(os.getpid(),)
     )
-    with pool:
+    try:
         for future in [pool.submit(worker_init) for _ in range(workers)]:  # spawn all of them now
             future.result()
         yield pool
+    except BaseException:  # Ctrl-C or an error: drop the queued batches, let the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _worker_start(parent: int) -> None:
-    """Initializer of every worker process: one OpenCV thread, and exit once the parent is gone.
+    """Initializer of every worker process: one OpenCV thread, Ctrl-C left to the parent, and exit once the
+    parent is gone.
 
     A parent killed with SIGKILL cannot stop its workers, and they do not notice on their own: each holds both
     ends of the pool's pipes, so a worker blocked writing a result waits forever (and keeps the resource
@@ -230,6 +236,7 @@ def _worker_start(parent: int) -> None:
     reparented), and the worker then exits at once.
     """
     worker_init()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent handles it
     if os.getppid() != parent:
         os._exit(1)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
