@@ -347,7 +347,8 @@ def write_report(
         per_class.append(pc.assign(group=group, model=model, fraction=fraction))
         if confusion_fractions is None or fraction in confusion_fractions:
             name = f"{_slug(group)}__{_slug(model)}__{_pct(fraction).rstrip('%')}pct.png"
-            title = f"{group} - {model} - {_pct(fraction)} ({len(runs)} folds, {len(preds)} test images)"
+            folds = f"{len(runs)} fold" + ("s" if len(runs) != 1 else "")
+            title = f"{group} - {model} - {_pct(fraction)} ({folds}, {len(preds)} test images)"
             written += plot_confusion(preds["label"], preds["pred"], classes, out / "confusion" / name, title)
             right = (preds["label"] == preds["pred"]).to_numpy()
             written += plot_reliability(preds["confidence"], right, out / "reliability" / name, title)
