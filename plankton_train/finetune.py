@@ -200,6 +200,8 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
             "cell": {k: str(v) for k, v in asdict(cell).items()},
             "best_epoch": best_epoch,
             "normalisation": source,
+            # the target's pixel statistics, whatever the normalisation: predict compares its inputs with them
+            "train_pixels": {"mean": float(dataset_stats[0]), "std": float(dataset_stats[1])},
         },
     )
     result = RunResult(
