@@ -41,7 +41,7 @@ def demo(
     out.print(table)
     out.print("Open:")
     for label, path in result.artefacts.items():
-        out.print(f"  {label:<15} {path}", highlight=False, soft_wrap=True)
+        out.print(f"  {label:<19} {path}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
