@@ -236,7 +236,7 @@ def run_demo(
 
     # 5. reconstruction figure
     figure = reconstruct(pre.run_dir, out=out / "figures" / "reconstruction.png", n=8, seed=cfg.seed, tile=128)
-    done("reconstruction", "masked input | reconstruction | original, 8 images", reconstruction=figure)
+    done("reconstruction", "original | masked | reconstruction, 8 images", reconstruction=figure)
 
     # 6. splits of the target
     target_manifest = reports[TARGET].manifest

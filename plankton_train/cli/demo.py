@@ -16,7 +16,7 @@ def demo(
         Path,
         typer.Option("--out", "-o", help="Folder for every stage's output (an earlier demo's folder is replaced)."),
     ] = Path("sample_data"),
-    quick: Annotated[bool, typer.Option(help="CI-sized: less data, a few epochs (under a minute or two).")] = False,
+    quick: Annotated[bool, typer.Option(help="CI-sized: less data, a few epochs (about 20 s on 2 cores).")] = False,
 ) -> None:
     """Raw sample archives -> ingest -> pretraining set (verified) -> MAE pretraining -> reconstruction figure ->
     splits -> fine-tuning (MAE encoder vs random init) -> report -> predictions, on a CPU in minutes.

@@ -178,7 +178,7 @@ def reconstruct(
     n: Annotated[int, typer.Option(min=1, help="Number of images (rows).")] = 8,
     seed: Annotated[int, typer.Option(help="Picks the images and the masks.")] = 0,
 ) -> None:
-    """Write a masked input / reconstruction / original grid (Figure 3 of the paper).
+    """Write an original / masked / reconstruction grid (Figure 3 of the paper).
 
     Example:
 
