@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +51,7 @@ import pyarrow.parquet as pq
 
 from plankton_data import __version__
 from plankton_data.errors import PlanktonDataError, SchemaError
+from plankton_data.format import atomic
 from plankton_data.format.atomic import partial_path
 from plankton_data.format.index import (
     INDEX_NAME,
@@ -378,4 +378,4 @@ def _commit(staging: Path, final: Path, index: ShardIndex, staged: list[Path]) -
         done.unlink()
     swap_in(staging, final, index.args["plan"])
     for path in staged:
-        os.replace(partial_path(path), path)
+        atomic.commit(partial_path(path), path, fsync=False)

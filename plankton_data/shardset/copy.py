@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from plankton_data.errors import PlanktonDataError
+from plankton_data.format import atomic
 from plankton_data.format.atomic import name_target
 from plankton_data.format.index import ShardInfo, file_sha256
 from plankton_data.format.tar import BLOCK, NAME_FIELD, SIZE_FIELD, end_of_archive, padded, parse_octal
@@ -316,12 +317,9 @@ def _write_tar(staging: Path, layout: Layout, i: int, views: list[memoryview]) -
         raise
     finally:
         bufs.clear()  # release the slices of the maps even when a traceback keeps this frame alive
-    os.replace(tmp, path)
+    atomic.commit(tmp, path, fsync=False)  # a rename protects against a kill; docs/shardsets.md: why no fsync
     info = ShardInfo(name=path.name, count=layout.start.shape[1], bytes=size, sha256=sha.hexdigest())
-    done = path.with_name(path.name + ".done")
-    done_tmp = done.with_name(f".{done.name}.partial")
-    done_tmp.write_text(json.dumps(asdict(info)))
-    os.replace(done_tmp, done)
+    atomic.write_bytes(path.with_name(path.name + ".done"), json.dumps(asdict(info)).encode(), fsync=False)
     return info
 
 
