@@ -229,7 +229,7 @@ def test_a_failed_commit_leaves_the_previous_dataset_intact(demo, tmp_path, obst
 
 KILL_AFTER_SWAP = """
 import os, signal, sys
-import plankton_data.ingest.run as run
+import plankton_data.ingest.commit as run
 from plankton_data.cli.main import main
 
 swap_in = run.swap_in

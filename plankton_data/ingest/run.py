@@ -16,7 +16,6 @@ replaces ``shards/<dataset>/`` in one rename, and the two Parquet files are rena
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -26,40 +25,23 @@ import threading
 import time
 import zipfile
 import zlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from plankton_data import __version__
-from plankton_data.errors import MemberTooLarge, MissingRawData, PlanktonDataError
-from plankton_data.format.atomic import commit, partial_path
-from plankton_data.format.index import (
-    ShardIndex,
-    ShardInfo,
-    file_sha256,
-    manifest_ref,
-    read_index,
-    swap_in,
-    write_index,
-)
+from plankton_data.errors import MemberTooLarge, MissingRawData
 from plankton_data.format.lock import output_lock
 from plankton_data.format.manifest import (
-    MANIFEST_SCHEMA,
-    REJECTS_SCHEMA,
-    dataset_pixel_stats,
-    pixel_stats,
     to_table,
     write_table,
 )
 from plankton_data.format.tar import TarShardWriter
 from plankton_data.ingest.adapters import get_adapter
 from plankton_data.ingest.adapters.base import DatasetAdapter, Reject, Scan
+from plankton_data.ingest.commit import IngestReport, commit_dataset, finish_commit
 from plankton_data.ingest.limits import Limits
 from plankton_data.ingest.preprocess import (
     PREPROCESS_VERSION,
@@ -82,28 +64,6 @@ _BATCH = 32  # records per worker round trip
 _BATCH_BYTES = 16 << 20  # ... or fewer, once they hold this much input
 _IN_FLIGHT_BYTES = 256 << 20  # input bytes sent to workers and not yet consumed, at most (plus one batch)
 _EARLY_POOL_BYTES = 32 << 20
-
-
-@dataclass
-class IngestReport:
-    """What one ingest run produced; the CLI renders it."""
-
-    dataset: str
-    samples: int
-    rejects: int
-    skipped: int
-    shards: int
-    bytes: int
-    seconds: float
-    manifest: Path
-    rejects_path: Path
-    shard_dir: Path
-    mean: float
-    std: float
-    resumed_shards: int = 0
-    classes: dict[str, int] = field(default_factory=dict)  # label_raw -> samples
-    rejected_classes: dict[str, int] = field(default_factory=dict)  # label_raw -> rejects
-    reasons: dict[str, int] = field(default_factory=dict)  # reject/skip reason -> count
 
 
 def ingest(
@@ -159,7 +119,7 @@ def _ingest(
             raise MissingRawData(f"{raw} does not hold {info.title}: expected {info.layout} (pass {info.raw_hint})")
         scan.records.sort(key=lambda r: r.source)
         plan = _plan_id(dataset, scan, config, records_per_shard)
-        if finished := _finish_commit(dataset, shards_root / dataset, manifests_root, plan, start):
+        if finished := finish_commit(dataset, shards_root / dataset, manifests_root, plan, start):
             return finished
         staging = shards_root / f".{dataset}.staging-{plan}"
         staging.mkdir(parents=True, exist_ok=True)
@@ -178,18 +138,18 @@ def _ingest(
                 done += _write_shard(staging, dataset, names[i], chunks[i], results)
                 if progress:
                     progress(done, len(scan.records))
-    return _commit(
+    return commit_dataset(
         dataset,
-        staging,
-        names,
-        scan,
-        config,
-        shards_root,
-        manifests_root,
-        plan,
-        len(chunks) - len(todo),
-        time.perf_counter() - start,
-        records_per_shard,
+        staging=staging,
+        names=names,
+        scan=scan,
+        config=config,
+        shards_root=shards_root,
+        manifests_root=manifests_root,
+        plan=plan,
+        resumed=len(chunks) - len(todo),
+        seconds=time.perf_counter() - start,
+        per_shard=records_per_shard,
     )
 
 
@@ -336,113 +296,3 @@ def _write_shard(staging: Path, dataset: str, name: str, chunk: list, results: I
     )
     write_table(sidecar, staging / f"{name}.rows.parquet")
     return len(chunk)
-
-
-def _commit(dataset, staging, names, scan, config, shards_root, manifests_root, plan, resumed, seconds, per_shard):
-    tables, infos, rejects = [], [], list(scan.rejects)
-    for name in names:
-        table = pq.read_table(staging / f"{name}.rows.parquet")
-        meta = table.schema.metadata
-        infos.append(ShardInfo(**json.loads(meta[b"shard"])))
-        rejects += [Reject(**r) for r in json.loads(meta[b"rejects"])]
-        tables.append(table.replace_schema_metadata(None))
-    manifest = pa.concat_tables(tables).cast(MANIFEST_SCHEMA) if tables else MANIFEST_SCHEMA.empty_table()
-    mean, std = pixel_stats(manifest)
-    manifest_path, rejects_path = _outputs(dataset, manifests_root)
-    final = shards_root / dataset
-    staged = [rejects_path, manifest_path]  # renamed in this order once the folder is in: the manifest last
-    try:
-        # Both Parquet files first, under their temp names: a --manifests that is a file, read-only or full fails
-        # here, while the previous dataset (its tars and its manifest) is still untouched.
-        for path in staged:
-            if path.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the manifest", str(path))
-        reject_rows = [dict(asdict(r), dataset=dataset) for r in rejects]
-        write_table(to_table(reject_rows, REJECTS_SCHEMA), rejects_path, rename=False)
-        write_table(manifest, manifest_path, rename=False)
-        write_index(
-            ShardIndex(
-                name=dataset,
-                kind="dataset",
-                image_format=config.image_format,
-                size=config.size,
-                total=manifest.num_rows,
-                mean=mean,
-                std=std,
-                dataset_stats=dataset_pixel_stats(manifest),
-                shards=infos,
-                manifest=manifest_ref(final, manifest_path),
-                manifest_sha256=file_sha256(partial_path(manifest_path)),
-                args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
-                version=__version__,
-            ),
-            staging,
-        )
-        for name in names:
-            (staging / f"{name}.rows.parquet").unlink()
-        swap_in(staging, final, plan)  # the new folder, its index.json included, replaces the old in one rename
-    except BaseException:
-        for path in staged:
-            partial_path(path).unlink(missing_ok=True)
-        raise
-    for path in staged:
-        commit(partial_path(path), path, fsync=False)  # fsynced when written
-    return _report(dataset, manifest, rejects, infos, final, manifests_root, resumed, seconds)
-
-
-def _outputs(dataset: str, manifests_root: Path) -> tuple[Path, Path]:
-    """The manifest and the rejects list of ``dataset``."""
-    return manifests_root / f"{dataset}.parquet", manifests_root / f"{dataset}.rejects.parquet"
-
-
-def _finish_commit(dataset: str, final: Path, manifests_root: Path, plan: str, start: float) -> IngestReport | None:
-    """Complete a commit of this very plan that was stopped between the folder swap and the manifest rename.
-
-    The folder ``final`` is then this plan's, and its manifest waits under its temp name with the sha256 that
-    index.json records: renaming the two Parquet files is all that is left. ``None`` when there is no such
-    commit to finish (the usual case), and the ingest runs as normal.
-    """
-    manifest_path, rejects_path = _outputs(dataset, manifests_root)
-    pending = partial_path(manifest_path)
-    try:
-        index = read_index(final)
-    except PlanktonDataError:
-        return None
-    if index.args.get("plan") != plan or not index.manifest_sha256 or not pending.is_file():
-        return None
-    rejects_file = next((f for f in (partial_path(rejects_path), rejects_path) if f.is_file()), None)
-    if rejects_file is None or file_sha256(pending) != index.manifest_sha256:
-        return None
-    manifest, rejects_table = pq.read_table(pending), pq.read_table(rejects_file)
-    for path in (rejects_path, manifest_path):
-        if partial_path(path).is_file():
-            commit(partial_path(path), path, fsync=False)
-    rejects = [Reject(r["source"], r["reason"], r["label_raw"], r["kind"]) for r in rejects_table.to_pylist()]
-    log.info("finished the interrupted commit of %s (plan %s)", final, plan)
-    return _report(
-        dataset, manifest, rejects, index.shards, final, manifests_root, len(index.shards), time.perf_counter() - start
-    )
-
-
-def _report(dataset, manifest, rejects, infos, final, manifests_root, resumed, seconds) -> IngestReport:
-    manifest_path, rejects_path = _outputs(dataset, manifests_root)
-    mean, std = pixel_stats(manifest)
-    labels = manifest.column("label_raw").to_pylist()
-    return IngestReport(
-        dataset=dataset,
-        samples=manifest.num_rows,
-        rejects=sum(r.kind == "reject" for r in rejects),
-        skipped=sum(r.kind == "skipped" for r in rejects),
-        shards=len(infos),
-        bytes=sum(i.bytes for i in infos),
-        seconds=seconds,
-        manifest=manifest_path,
-        rejects_path=rejects_path,
-        shard_dir=final,
-        mean=mean,
-        std=std,
-        resumed_shards=resumed,
-        classes=dict(sorted(Counter(labels).items())),
-        rejected_classes=dict(sorted(Counter(r.label_raw for r in rejects if r.kind == "reject").items())),
-        reasons=dict(Counter(r.reason for r in rejects).most_common()),
-    )
