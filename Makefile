@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: setup demo test test-fast lint bench
 setup: $(BIN)/.installed
 
-demo: setup  ## the whole toolkit on generated sample data, CPU only, ~3 min: ingest, shard set, MAE, fine-tune, report, predict
+demo: setup  ## the whole toolkit on generated sample data, CPU only, 1-3 min: ingest, shard set, MAE, fine-tune, report, predict
 	$(BIN)/plankton-train demo --out sample_data
 
 lint: setup  ## ruff (lint + format) and mypy, with the versions pinned in pyproject.toml
