@@ -473,6 +473,30 @@ def test_bad_files_become_rejects_or_skips_and_counts_reconcile(tmp_path):
     assert cli("verify", shards / "kaggle").returncode == 0
 
 
+@pytest.mark.skipif(not _nobody_can_run_the_cli(), reason="needs root, setpriv and a checkout user nobody can read")
+def test_a_folder_that_cannot_be_listed_is_a_skipped_entry():
+    """As the user nobody, a 0700 root-owned class folder under --raw: skipped with the reason (os.walk dropped
+    it silently before), the rest ingested."""
+    base = Path(tempfile.mkdtemp(prefix="plankton-unlisted-"))
+    try:
+        base.chmod(0o755)
+        for label in ("a", "secret"):
+            (base / "raw" / "train" / label).mkdir(parents=True)
+            (base / "raw" / "train" / label / "x.png").write_bytes(small_png())
+        for path in (base, *base.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        (base / "raw" / "train" / "secret").chmod(0o700)
+        (base / "out").mkdir(mode=0o777)
+        (base / "out").chmod(0o777)
+        res = cli("ingest", "kaggle", "--raw", base / "raw", "--shards", base / "out" / "s", "--manifests",
+                  base / "out" / "m", user=65534)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        got = _rejects(base / "out" / "m")
+        assert got == {"train/secret": ("skipped", "cannot list this folder (Permission denied)")}
+    finally:
+        shutil.rmtree(base)
+
+
 def test_pmid2019_infinite_box_is_a_reject(tmp_path):
     fx = write_fixture("pmid2019", tmp_path / "raw")
     base = fx.raw / "PMID2019"
@@ -602,11 +626,9 @@ def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
     from tests.test_ingest import _big_kaggle_zip
 
     raw = _big_kaggle_zip(tmp_path / "train.zip", 4000)
-    proc = subprocess.Popen(
-        [str(PD), "ingest", "kaggle", "--raw", str(raw), "-w", "2", "--records-per-shard", "200",
-         "--shards", str(tmp_path / "s"), "--manifests", str(tmp_path / "m")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    argv = ["ingest", "kaggle", "--raw", raw, "-w", "2", "--records-per-shard", "200"]
+    argv += ["--shards", tmp_path / "s", "--manifests", tmp_path / "m"]
+    proc = subprocess.Popen([str(PD), *map(str, argv)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     children: set[int] = set()
     while time.time() < deadline and proc.poll() is None:

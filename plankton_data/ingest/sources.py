@@ -138,13 +138,22 @@ class RawTree:
         """Every file under the root folder, following symlinks, each real folder once."""
         top = self.root.stat()
         walked = {(top.st_dev, top.st_ino)}
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+
+        def unreadable(exc: OSError) -> None:  # a folder that cannot be listed: accounted for, not silently left out
+            rel = Path(exc.filename or self.root).relative_to(self.root).as_posix()
+            self.skipped.append((rel, f"cannot list this folder ({exc.strerror or exc})"))
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable, followlinks=True):
             here = Path(dirpath)
             keep = []
             for dname in sorted(dirnames):
-                st = (here / dname).stat()
+                rel = (here / dname).relative_to(self.root).as_posix()
+                try:
+                    st = (here / dname).stat()
+                except OSError as exc:
+                    self.skipped.append((rel, f"cannot read this folder ({exc.strerror or exc})"))
+                    continue
                 if (st.st_dev, st.st_ino) in walked:
-                    rel = (here / dname).relative_to(self.root).as_posix()
                     self.skipped.append((rel, "folder symlink to a folder already read (a loop or a second link)"))
                     continue
                 walked.add((st.st_dev, st.st_ino))
