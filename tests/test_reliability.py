@@ -672,3 +672,17 @@ def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_p
     assert strip(_digests(tmp_path / "s", tmp_path / "m")) == strip(
         _digests(tmp_path / "ref" / "s", tmp_path / "ref" / "m")
     )
+
+
+def test_the_fault_matrix_covers_the_data_side_rows_of_the_review():
+    """benchmarks/fault_matrix.py (run by hand: minutes) registers every data-side row of the review's table."""
+    res = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "fault_matrix.py"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ids = {line.split()[0] for line in res.stdout.splitlines()}
+    rows = [f"A{i}" for i in range(1, 16)] + [f"C{i}" for i in range(1, 12)] + [f"D{i}" for i in range(1, 6)]
+    rows += ["E1", "E2", "E6", "E7", "F1", "F2", "F3", "G1", "G2"] + [f"H{i}" for i in range(1, 6)]
+    assert set(rows) <= ids, sorted(set(rows) - ids)
