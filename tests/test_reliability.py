@@ -172,20 +172,25 @@ def test_a_second_run_of_the_same_output_is_refused_at_once(demo, tmp_path):
 
 
 def test_two_concurrent_ingests_one_refused_the_other_intact(tmp_path):
-    """Two real ingests of the same dataset: the second stops with one line; the first's staging is untouched."""
+    """A second ingest while another process writes the dataset: it stops with one line and leaves the other's
+    staging alone. The first writer is this test process holding the real lock (flock) with a staging folder in
+    progress, so the outcome does not depend on which of two racing ingests happens to finish first."""
+    from plankton_data.format.lock import output_lock
     from tests.test_ingest import _big_kaggle_zip
 
-    raw = _big_kaggle_zip(tmp_path / "train.zip", 1500)
-    args = ["ingest", "kaggle", "--raw", raw, "-w", "1", "--records-per-shard", "100", "--shards", tmp_path / "s"]
-    first = subprocess.Popen([str(PD), *map(str, args), "--manifests", tmp_path / "m"], stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
-        time.sleep(0.05)
-    second = cli(*args, "--manifests", tmp_path / "m2")
-    one_line_error(second, "another plankton-data run", "is writing")
-    assert first.wait(120) == 0
-    assert cli("verify", tmp_path / "s" / "kaggle").returncode == 0
-    assert not (tmp_path / "m2" / "kaggle.parquet").exists()
+    raw = _big_kaggle_zip(tmp_path / "train.zip", 300)
+    shards = tmp_path / "s"
+    staging = shards / ".kaggle.staging-0123456789ab"  # the other run's unfinished work
+    staging.mkdir(parents=True)
+    (staging / "kaggle-000000.tar.partial").write_bytes(b"half a tar")
+    args = ["ingest", "kaggle", "--raw", raw, "-w", "1", "--records-per-shard", "100", "--shards", shards]
+    with output_lock(shards / "kaggle"):
+        second = cli(*args, "--manifests", tmp_path / "m2")
+        one_line_error(second, "another plankton-data run", "is writing")
+        assert (staging / "kaggle-000000.tar.partial").read_bytes() == b"half a tar"
+        assert not (tmp_path / "m2" / "kaggle.parquet").exists() and not (shards / "kaggle").exists()
+    assert cli(*args, "--manifests", tmp_path / "m").returncode == 0  # free again once the holder is done
+    assert cli("verify", shards / "kaggle").returncode == 0
 
 
 # --- ingest commits the dataset as one unit -------------------------------------------------------------------
