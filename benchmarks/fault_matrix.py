@@ -53,6 +53,9 @@ import numpy as np
 BIN = Path(sys.executable).parent
 PD = BIN / "plankton-data"
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the helpers the tests use for the same cases
+from tests.helpers import alive, big_kaggle_zip, descendants  # noqa: E402
+
 REALDATA = ROOT.parent / "shared" / "realdata"
 DATASETS = ("kaggle", "zoolake", "syke_zooscan", "pmid2019", "syke_ifcb", "ude_diatoms", "daplankton")
 
@@ -268,19 +271,6 @@ def lying_zip(path: Path, name: str, data: bytes, declared: int) -> Path:
     return path
 
 
-def big_kaggle_zip(path: Path, n: int) -> Path:
-    """A Kaggle-layout train.zip with ``n`` small generated JPEGs: an ingest that runs long enough to be killed."""
-    if path.exists():
-        return path
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(n):
-            img = np.full((int(rng.integers(40, 120)), int(rng.integers(40, 120))), 250, np.uint8)
-            cv2.circle(img, (20, 20), 10, int(rng.integers(0, 200)), -1)
-            zf.writestr(f"train/class_{i % 5}/{i}.jpg", cv2.imencode(".jpg", img)[1].tobytes())
-    return path
-
-
 def rejects_of(manifests: Path, dataset: str = "kaggle") -> dict[str, tuple[str, str]]:
     """``{source: (kind, reason)}`` of an ingest's rejects list."""
     import pyarrow.parquet as pq
@@ -321,30 +311,6 @@ def tmpfs(path: Path, size: int, read_only: bool = False) -> Iterator[Path | Non
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) and st[1] == parent:
-                found.add(int(entry.name))
-                todo.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    st = _proc_stat(pid)
-    return st is not None and st[0] != "Z"
 
 
 # --- the shared inputs -----------------------------------------------------------------------------------------

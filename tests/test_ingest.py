@@ -25,6 +25,7 @@ from plankton_data.format.index import read_index
 from plankton_data.format.manifest import read_manifest
 from plankton_data.ingest import ingest
 from plankton_data.ingest.adapters import DATASET_IDS, get_adapter
+from tests.helpers import big_kaggle_zip
 
 CLI = [sys.executable, "-m", "plankton_data"]
 
@@ -155,19 +156,8 @@ def _tree_digest(base: Path, dataset: str) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
-def _big_kaggle_zip(path: Path, n: int) -> Path:
-    """A Kaggle-layout train.zip with ``n`` generated images: slow enough to kill an ingest mid-run."""
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(n):
-            img = np.full((int(rng.integers(40, 120)), int(rng.integers(40, 120))), 250, np.uint8)
-            cv2.circle(img, (20, 20), 10, int(rng.integers(0, 200)), -1)
-            zf.writestr(f"train/class_{i % 5}/{i}.jpg", cv2.imencode(".jpg", img)[1].tobytes())
-    return path
-
-
 def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
-    raw = _big_kaggle_zip(tmp_path / "train.zip", 400)  # enough batches for a real 2- and 3-process pool
+    raw = big_kaggle_zip(tmp_path / "train.zip", 400)  # enough batches for a real 2- and 3-process pool
     for name, workers in (("a", 1), ("b", 2), ("c", 3)):
         ingest(
             "kaggle",
@@ -196,7 +186,7 @@ def test_byte_identical_for_any_worker_count_and_rerun(tmp_path):
 
 @pytest.mark.slow  # a real SIGKILL mid-ingest, then the rerun
 def test_killed_run_leaves_no_partial_output_and_rerun_completes(tmp_path):
-    raw = _big_kaggle_zip(tmp_path / "train.zip", 3000)
+    raw = big_kaggle_zip(tmp_path / "train.zip", 3000)
     args = ["ingest", "kaggle", "--raw", str(raw), "--records-per-shard", "100", "--workers", "1"]
     ref = tmp_path / "ref"
     subprocess.run(

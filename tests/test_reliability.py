@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from plankton_data.fixtures import write_fixture
+from tests.helpers import alive, big_kaggle_zip, descendants
 
 PD = Path(sys.executable).parent / "plankton-data"  # the installed console script, as users run it
 
@@ -176,9 +177,8 @@ def test_two_concurrent_ingests_one_refused_the_other_intact(tmp_path):
     staging alone. The first writer is this test process holding the real lock (flock) with a staging folder in
     progress, so the outcome does not depend on which of two racing ingests happens to finish first."""
     from plankton_data.format.lock import output_lock
-    from tests.test_ingest import _big_kaggle_zip
 
-    raw = _big_kaggle_zip(tmp_path / "train.zip", 300)
+    raw = big_kaggle_zip(tmp_path / "train.zip", 300)
     shards = tmp_path / "s"
     staging = shards / ".kaggle.staging-0123456789ab"  # the other run's unfinished work
     staging.mkdir(parents=True)
@@ -600,44 +600,17 @@ def test_markup_in_labels_and_paths_prints_as_written(tmp_path):
 # --- a killed parallel ingest leaves no processes behind ----------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, ppid)`` of a live process from /proc, or ``None`` once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1])
-
-
-def _descendants(pid: int) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and (st := _proc_stat(int(entry.name))) and st[1] == parent:
-                found.add(int(entry.name))
-                todo.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    st = _proc_stat(pid)
-    return st is not None and st[0] != "Z"  # a zombie has exited; only its exit status waits to be collected
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
-    from tests.test_ingest import _big_kaggle_zip
 
-    raw = _big_kaggle_zip(tmp_path / "train.zip", 4000)
+    raw = big_kaggle_zip(tmp_path / "train.zip", 4000)
     argv = ["ingest", "kaggle", "--raw", raw, "-w", "2", "--records-per-shard", "200"]
     argv += ["--shards", tmp_path / "s", "--manifests", tmp_path / "m"]
     proc = subprocess.Popen([str(PD), *map(str, argv)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     children: set[int] = set()
     while time.time() < deadline and proc.poll() is None:
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         if len(children) >= 3 and list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
             break  # two workers and the resource tracker, mid-run
         time.sleep(0.05)
@@ -645,17 +618,16 @@ def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(pid) for pid in children):
+    while time.time() < deadline and any(alive(pid) for pid in children):
         time.sleep(0.1)
-    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if _alive(pid)}
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if alive(pid)}
     assert not left, f"orphaned processes: {left}"
 
 
 def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_path):
     """SIGINT to the whole process group (what Ctrl-C in a terminal does), workers included."""
-    from tests.test_ingest import _big_kaggle_zip
 
-    raw = _big_kaggle_zip(tmp_path / "train.zip", 3000)
+    raw = big_kaggle_zip(tmp_path / "train.zip", 3000)
     args = ["ingest", "kaggle", "--raw", str(raw), "-w", "2", "--records-per-shard", "100"]
     ref = cli(*args, "--shards", tmp_path / "ref" / "s", "--manifests", tmp_path / "ref" / "m")
     assert ref.returncode == 0
