@@ -16,7 +16,7 @@ import pyarrow as pa
 from plankton_data.errors import PlanktonDataError
 from plankton_data.format.index import INDEX_NAME, ShardIndex, manifest_mismatch, manifest_path, read_index
 from plankton_data.format.manifest import read_manifest
-from plankton_data.ingest.adapters import DATASET_IDS
+from plankton_data.ingest.adapters import registry_order
 
 #: Upper edges (exclusive) of the bins of the longer published side, in pixels; the last bin is open.
 SIZE_BINS = (64, 128, 256, 512, 1024)
@@ -100,8 +100,7 @@ def summarize(target: Path | str, shards_root: Path | str = "shards", manifests_
 
 def dataset_order(datasets: np.ndarray) -> list[str]:
     """The distinct dataset ids of a manifest column, in registry order (unknown ids last, sorted)."""
-    rank = {d: i for i, d in enumerate(DATASET_IDS)}
-    return sorted({str(d) for d in datasets}, key=lambda d: (rank.get(d, len(rank)), d))
+    return registry_order(str(d) for d in datasets)
 
 
 def _quantiles(values: np.ndarray) -> dict[str, int]:

@@ -21,10 +21,12 @@ from rich.table import Table
 from plankton_data import __version__
 from plankton_data.cli import shards as shard_cli
 from plankton_data.cli._options import ImageFormat, ManifestsOpt, RichProgress, ShardsOpt, WorkersOpt, console, out
+from plankton_data.cli.own_data import own_source
 from plankton_data.errors import PlanktonDataError, PlanktonError
 from plankton_data.ingest import IngestReport, ingest
-from plankton_data.ingest.adapters import DATASET_IDS, list_adapters
+from plankton_data.ingest.adapters import DATASET_IDS, SOURCE_KINDS, list_adapters
 from plankton_data.ingest.limits import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_MEMBER_MB, Limits
+from plankton_data.ingest.parts import Part, merge
 from plankton_data.ingest.preprocess import PreprocessConfig
 
 app = typer.Typer(
@@ -92,10 +94,50 @@ def render_report(report: IngestReport, max_classes: int = 40) -> None:
     )
 
 
+_OWN = "Your own data (ingest folder|csv|ecotaxa|ifcb --name NAME)"
+
+
 @app.command("ingest")
 def ingest_cmd(
-    dataset: Annotated[str, typer.Argument(help=f"Dataset id: {', '.join(DATASET_IDS)}.", show_default=False)],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help=f"Dataset id ({', '.join(DATASET_IDS)}) or a kind of your own data ({', '.join(SOURCE_KINDS)}).",
+            show_default=False,
+        ),
+    ],
     raw: Annotated[Path, typer.Option("--raw", help="What you downloaded: archive(s) or the unpacked folder.")],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Your dataset's name (writes shards/NAME/, manifests/NAME.parquet).", rich_help_panel=_OWN),
+    ] = None,
+    label_level: Annotated[
+        int,
+        typer.Option(min=1, help="folder: label = the folder this many levels up (1: parent).", rich_help_panel=_OWN),
+    ] = 1,
+    unlabelled: Annotated[
+        bool, typer.Option(help="folder/ecotaxa: ingest every image without a label.", rich_help_panel=_OWN)
+    ] = False,
+    path_column: Annotated[str, typer.Option(help="csv: column of image paths.", rich_help_panel=_OWN)] = "path",
+    label_column: Annotated[
+        str | None, typer.Option(help="csv: column of labels (default: unlabelled).", rich_help_panel=_OWN)
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="csv: folder the paths are relative to (default: the table's).", rich_help_panel=_OWN),
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="ecotaxa: 'validated' keeps only validated objects.", rich_help_panel=_OWN)
+    ] = None,
+    strip_legend: Annotated[
+        bool, typer.Option(help="ecotaxa: remove the ZooProcess '1 mm' legend.", rich_help_panel=_OWN)
+    ] = False,
+    labels: Annotated[
+        Path | None, typer.Option(help="ifcb: CSV of file_name,class_name labelling ROIs.", rich_help_panel=_OWN)
+    ] = None,
+    instrument: Annotated[
+        str | None, typer.Option(help="The manifest's instrument column (default per kind).", rich_help_panel=_OWN)
+    ] = None,
     size: Annotated[int, typer.Option(help="Output side in pixels (0 keeps the padded native size).", min=0)] = 256,
     image_format: Annotated[
         ImageFormat, typer.Option("--format", help="Stored encoding: jpg (fast) or png (lossless).")
@@ -123,15 +165,40 @@ def ingest_cmd(
             " is a reject (bounds memory).",
         ),
     ] = DEFAULT_MAX_MEGAPIXELS,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            "--part",
+            metavar="I/N",
+            help="Ingest only slice I of N (0 <= I < N, by a hash of each input's path) into"
+            " shards/<name>.part-I-of-N/, for 'plankton-data merge' (one machine or array task per slice;"
+            " see docs/scale.md).",
+        ),
+    ] = None,
 ) -> None:
-    """Ingest one dataset as published into shards/<dataset>/ and manifests/<dataset>.parquet.
+    """Ingest one dataset as published, or your own data, into shards/<name>/ and manifests/<name>.parquet.
 
-    Example: plankton-data ingest kaggle --raw ~/Downloads/ndsb/ --workers 8
+    Examples: plankton-data ingest kaggle --raw ~/Downloads/ndsb/ --workers 8;
+    plankton-data ingest folder --raw my_images/ --name lab_scope;
+    plankton-data ingest ifcb --raw /data/ifcb/2024/ --name utö_2024 --labels classes.csv
     """
+    options = {
+        "label_level": label_level,
+        "unlabelled": unlabelled,
+        "path_column": path_column,
+        "label_column": label_column,
+        "root": root,
+        "status": status,
+        "strip_legend": strip_legend,
+        "labels": labels,
+        "instrument": instrument,
+    }
+    source = own_source(dataset, name, options)  # None for a built-in dataset id
+    slice_ = Part.parse(part) if part is not None else None
     cfg = PreprocessConfig(size=size, image_format=image_format.value, quality=quality, seed=seed)
-    with RichProgress(f"ingest {dataset}") as progress:
+    with RichProgress(f"ingest {name or dataset}") as progress:
         report = ingest(
-            dataset,
+            source or dataset,
             raw,
             shards_root=shards,
             manifests_root=manifests,
@@ -140,7 +207,27 @@ def ingest_cmd(
             records_per_shard=records_per_shard,
             progress=progress,
             limits=Limits.of(max_member_mb, max_megapixels),
+            part=slice_,
         )
+    render_report(report)
+
+
+@app.command("merge")
+def merge_cmd(
+    name: Annotated[str, typer.Argument(help="Dataset id or your dataset's name, as given to ingest --part.")],
+    shards: ShardsOpt = Path("shards"),
+    manifests: ManifestsOpt = Path("manifests"),
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Delete the part folders once the merge is committed.")
+    ] = False,
+) -> None:
+    """Merge the parts of 'ingest --part I/N' into shards/<name>/ and manifests/<name>.parquet.
+
+    The result is byte-identical to one ingest of all the inputs with the same settings. All N parts must be
+    committed and of one plan (same inputs, settings and N). Example: plankton-data merge kaggle --clean
+    """
+    with RichProgress(f"merge {name}") as progress:
+        report = merge(name, shards_root=shards, manifests_root=manifests, clean=clean, progress=progress)
     render_report(report)
 
 

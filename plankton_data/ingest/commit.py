@@ -80,10 +80,12 @@ def commit_dataset(
     resumed: int,
     seconds: float,
     per_shard: int,
+    source: dict | None = None,
 ) -> IngestReport:
     """Commit the staged tars ``names`` of ``dataset`` with their manifest, rejects and index (module docstring).
 
-    ``resumed``: tars a previous run of the same plan had finished; ``seconds``: the run's time so far.
+    ``resumed``: tars a previous run of the same plan had finished; ``seconds``: the run's time so far;
+    ``source``: a user source's kind and options, recorded in ``index.json`` (``None`` for a built-in dataset).
     """
     tables, infos, rejects = [], [], list(scan.rejects)
     for name in names:
@@ -119,7 +121,8 @@ def commit_dataset(
                 shards=infos,
                 manifest=manifest_ref(final, manifest_path),
                 manifest_sha256=file_sha256(partial_path(manifest_path)),
-                args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan},
+                args={"config": asdict(config), "records_per_shard": per_shard, "plan": plan}
+                | ({"source": source} if source is not None else {}),
                 version=__version__,
             ),
             staging,

@@ -213,22 +213,35 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def _process(task: Task) -> list[Sample | Failure]:
+def _decode(task: Task) -> np.ndarray | Failure:
+    """The task's image as cv2 decodes it (``H x W`` or ``H x W x C``), or why it cannot be had."""
     rec = task.record
+    if rec.pixels is not None:  # bare pixels (an IFCB ROI): nothing to decode
+        if too_big := task.limits.pixel_problem(rec.pixels.width, rec.pixels.height):
+            return Failure(rec.source, too_big, rec.label_raw)
+        return np.frombuffer(task.data, np.uint8).reshape(rec.pixels.height, rec.pixels.width)
     if reason := truncation(task.data):
-        return [Failure(rec.source, reason, rec.label_raw)]
+        return Failure(rec.source, reason, rec.label_raw)
     header = image_size(task.data)  # before decoding: a header can claim more pixels than memory holds
     if header and (too_big := task.limits.pixel_problem(*header)):
-        return [Failure(rec.source, too_big, rec.label_raw)]
+        return Failure(rec.source, too_big, rec.label_raw)
     arr = np.frombuffer(task.data, np.uint8)
     try:
         img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
     except cv2.error as exc:
-        return [Failure(rec.source, f"cannot decode image ({one_line(exc)})", rec.label_raw)]
+        return Failure(rec.source, f"cannot decode image ({one_line(exc)})", rec.label_raw)
     if img is None or img.size == 0:
-        return [Failure(rec.source, "cannot decode image (corrupt, truncated or empty)", rec.label_raw)]
+        return Failure(rec.source, "cannot decode image (corrupt, truncated or empty)", rec.label_raw)
     if too_big := task.limits.pixel_problem(img.shape[1], img.shape[0]):  # formats image_size does not read
-        return [Failure(rec.source, too_big, rec.label_raw)]
+        return Failure(rec.source, too_big, rec.label_raw)
+    return img
+
+
+def _process(task: Task) -> list[Sample | Failure]:
+    rec = task.record
+    img = _decode(task)
+    if isinstance(img, Failure):
+        return [img]
     gray = ops.to_gray(img)
     h, w = gray.shape
     if not rec.boxes:

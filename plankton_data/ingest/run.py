@@ -32,7 +32,8 @@ from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
-from plankton_data.errors import MemberTooLarge, MissingRawData
+from plankton_data.errors import MemberTooLarge, MissingRawData, PlanktonDataError
+from plankton_data.format.index import read_index
 from plankton_data.format.lock import output_lock
 from plankton_data.format.manifest import (
     to_table,
@@ -43,6 +44,7 @@ from plankton_data.ingest.adapters import get_adapter
 from plankton_data.ingest.adapters.base import DatasetAdapter, Reject, Scan
 from plankton_data.ingest.commit import IngestReport, commit_dataset, finish_commit
 from plankton_data.ingest.limits import Limits
+from plankton_data.ingest.parts import Part, PartRun
 from plankton_data.ingest.preprocess import (
     PREPROCESS_VERSION,
     Failure,
@@ -67,7 +69,7 @@ _EARLY_POOL_BYTES = 32 << 20
 
 
 def ingest(
-    dataset: str,
+    dataset: str | DatasetAdapter,
     raw: Path | str,
     *,
     shards_root: Path | str = "shards",
@@ -77,21 +79,39 @@ def ingest(
     records_per_shard: int = 2000,
     progress: ProgressFn | None = None,
     limits: Limits | None = None,
+    part: Part | None = None,
 ) -> IngestReport:
     """Ingest ``dataset`` from ``raw`` (archive(s) or folder as published). See the module docstring.
 
+    ``dataset`` is a built-in dataset id, or an adapter: a user source from
+    :func:`plankton_data.ingest.adapters.make_source`, whose ``info.id`` (the user's NAME) names the output.
     ``limits`` bound what one input may cost (:mod:`plankton_data.ingest.limits`); they never change the bytes
-    of an accepted sample, so they are not part of the plan.
+    of an accepted sample, so they are not part of the plan. ``part``: ingest only that slice of the inputs, into
+    its own roots, for :func:`plankton_data.ingest.parts.merge` (ingest across machines).
     """
     config = config or PreprocessConfig()
     limits = limits or Limits()
     if config.image_format not in ("jpg", "png"):
         raise ValueError(f"image format must be jpg or png, not {config.image_format!r}")
-    adapter = get_adapter(dataset)
+    adapter = get_adapter(dataset) if isinstance(dataset, str) else dataset
+    dataset = adapter.info.id
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
+    if part is not None:
+        shards_root, manifests_root = part.roots(dataset, shards_root, manifests_root)
+    _refuse_foreign_folder(shards_root / dataset)
     with output_lock(shards_root / dataset):  # one writer per dataset folder: refused at once, never waits
         return _ingest(
-            dataset, adapter, raw, shards_root, manifests_root, config, workers, records_per_shard, progress, limits
+            dataset,
+            adapter,
+            raw,
+            shards_root,
+            manifests_root,
+            config,
+            workers,
+            records_per_shard,
+            progress,
+            limits,
+            part,
         )
 
 
@@ -106,19 +126,21 @@ def _ingest(
     records_per_shard: int,
     progress: ProgressFn | None,
     limits: Limits,
+    part: Part | None = None,
 ) -> IngestReport:
     start = time.perf_counter()
     # Big inputs: start the worker processes now, so their start-up overlaps the layout scan.
     early = workers > 1 and _input_bytes(Path(raw)) > _EARLY_POOL_BYTES
-    with _pool(workers if early else 1) as pool, RawTree(raw, max_member_bytes=limits.max_member_bytes) as tree:
+    with _pool(workers if early else 1) as pool, _open_tree(adapter, Path(raw), limits) as tree:
         scan = adapter.scan(tree)
         scan.rejects += [Reject(path, reason, kind="skipped") for path, reason in tree.skipped]
         scan.reject_bad_labels()
         if not scan.records:
-            info = adapter.info
-            raise MissingRawData(f"{raw} does not hold {info.title}: expected {info.layout} (pass {info.raw_hint})")
+            raise MissingRawData(_nothing_to_ingest(adapter, raw, scan))
         scan.records.sort(key=lambda r: r.source)
-        plan = _plan_id(dataset, scan, config, records_per_shard)
+        plan = _plan_id(dataset, scan, config, records_per_shard, getattr(adapter, "options", None))
+        split = part and PartRun(part, scan, dataset=dataset, plan=plan, config=config, per_shard=records_per_shard)
+        plan = split.plan_id() if split else plan  # scan holds the part's records only from here on
         if finished := finish_commit(dataset, shards_root / dataset, manifests_root, plan, start):
             return finished
         staging = shards_root / f".{dataset}.staging-{plan}"
@@ -134,10 +156,14 @@ def _ingest(
         late = not early and workers > 1 and len(records) > 2 * _BATCH
         with _pool(workers if late else 1) as late_pool:
             results = _run(dataset, tree, records, config, limits, pool or late_pool, workers)
+            if split:  # each record's output counts, for the merge
+                results = split.tally(results, staging, [(names[i], len(chunks[i])) for i in todo])
             for i in todo:
                 done += _write_shard(staging, dataset, names[i], chunks[i], results)
                 if progress:
                     progress(done, len(scan.records))
+    if split:
+        split.seal(staging, names)
     return commit_dataset(
         dataset,
         staging=staging,
@@ -147,18 +173,59 @@ def _ingest(
         shards_root=shards_root,
         manifests_root=manifests_root,
         plan=plan,
+        source=_source_args(adapter),
         resumed=len(chunks) - len(todo),
         seconds=time.perf_counter() - start,
         per_shard=records_per_shard,
     )
 
 
-def _plan_id(dataset: str, scan: Scan, config: PreprocessConfig, per_shard: int) -> str:
+def _plan_id(dataset: str, scan: Scan, config: PreprocessConfig, per_shard: int, options: dict | None) -> str:
     """Hash of everything that decides the output, so a rerun resumes only an identical plan."""
-    h = hashlib.sha256(json.dumps([dataset, asdict(config), per_shard, PREPROCESS_VERSION]).encode())
+    head: list = [dataset, asdict(config), per_shard, PREPROCESS_VERSION]
+    if options is not None:  # a user source: its options too (the built-in datasets' plans stay as they were)
+        head.append(options)
+    h = hashlib.sha256(json.dumps(head).encode())
     for r in scan.records:
         h.update(f"{r.source}\0{r.member.size}\0{r.label_raw}\0{r.split}\n".encode())
+        if r.pixels is not None:
+            h.update(f"{r.pixels}\n".encode())
     return h.hexdigest()[:12]
+
+
+def _nothing_to_ingest(adapter: DatasetAdapter, raw: Path | str, scan: Scan) -> str:
+    """The one line for a --raw with no sample in it: what was expected, or (a user source) what was found."""
+    info, kind = adapter.info, getattr(adapter, "kind", None)
+    if kind is None:
+        return f"{raw} does not hold {info.title}: expected {info.layout} (pass {info.raw_hint})"
+    found = f"{len(scan.rejects)} files or objects, none usable" if scan.rejects else "nothing"
+    worst = sorted(scan.rejects, key=lambda r: r.kind != "reject")  # a reject says more than a skipped file
+    first = f"; first: {worst[0].source}: {worst[0].reason}" if worst else ""
+    return f"no sample for {kind.kind} in {raw} (it takes {kind.raw_hint}): found {found}{first}"
+
+
+def _open_tree(adapter: DatasetAdapter, raw: Path, limits: Limits) -> RawTree:
+    """The raw tree the adapter reads: a folder or archive(s), or what a user source opens itself (a table)."""
+    opener = getattr(adapter, "open_tree", None)
+    if opener is not None:
+        return opener(raw, limits.max_member_bytes)
+    return RawTree(raw, max_member_bytes=limits.max_member_bytes)
+
+
+def _source_args(adapter: DatasetAdapter) -> dict | None:
+    """What ``index.json`` records about a user source (its kind and options); ``None`` for a built-in dataset."""
+    kind = getattr(adapter, "kind", None)
+    return None if kind is None else {"kind": kind.kind, "options": adapter.options}  # type: ignore[attr-defined]
+
+
+def _refuse_foreign_folder(final: Path) -> None:
+    """Refuse to replace a shard folder that is not an ingested dataset (a shard set of the same name)."""
+    try:
+        kind = read_index(final).kind
+    except (OSError, ValueError, PlanktonDataError):
+        return  # no folder, or one without a readable index: ingest's own checks handle it
+    if kind != "dataset":
+        raise PlanktonDataError(f"{final} is a {kind}, not an ingested dataset: choose another --name")
 
 
 def _input_bytes(raw: Path) -> int:
@@ -222,7 +289,8 @@ def _run(
     With a pool, the window is ``4 x workers`` batches and at most ``_IN_FLIGHT_BYTES`` of input (plus one
     batch): memory stays bounded whatever the dataset or its member sizes.
     """
-    tasks = (_task(dataset, tree, r, config, limits) for r in records)
+    reader = _MemberReader(tree)
+    tasks = (_task(dataset, reader, r, config, limits) for r in records)
     if pool is None:
         yield from map(process_task, tasks)
         return
@@ -255,10 +323,32 @@ def _batches(tasks: Iterator[Task]) -> Iterator[list[Task]]:
         yield batch
 
 
-def _task(dataset: str, tree: RawTree, record, config: PreprocessConfig, limits: Limits) -> Task:
+class _MemberReader:
+    """Member bytes for tasks. A record cut from a bigger member (``pixels``: an IFCB ROI in its bin's ``.roi``)
+    gets its slice of that member, read once for all its ROIs: records are in source order, so the ROIs of a
+    bin come together and one member is held at a time."""
+
+    def __init__(self, tree: RawTree) -> None:
+        self.tree = tree
+        self._path, self._data = "", b""
+
+    def read(self, record) -> bytes:
+        if record.pixels is None:
+            return self.tree.read(record.member)
+        if record.member.path != self._path:
+            self._path, self._data = "", b""  # a failed read is not cached
+            self._data = self.tree.read(record.member)
+            self._path = record.member.path
+        start, length = record.pixels.start, record.pixels.length
+        if start + length > len(self._data):
+            raise ValueError(f"ROI runs past the end of {record.member.path} ({start + length} > {len(self._data)})")
+        return self._data[start : start + length]
+
+
+def _task(dataset: str, reader: _MemberReader, record, config: PreprocessConfig, limits: Limits) -> Task:
     """The record's task with its bytes, or with why they cannot be read (it becomes a reject with that reason)."""
     try:
-        return Task(dataset, record, tree.read(record.member), config, limits=limits)
+        return Task(dataset, record, reader.read(record), config, limits=limits)
     except MemberTooLarge as exc:
         return Task(dataset, record, b"", config, error=str(exc), limits=limits)
     except Exception as exc:  # damaged member: becomes a reject, not a crash

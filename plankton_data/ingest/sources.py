@@ -127,6 +127,9 @@ class RawTree:
         self.members: list[Member] = []
         #: ``(virtual path, reason)`` of entries under a folder that are not files to read (module docstring).
         self.skipped: list[tuple[str, str]] = []
+        #: Virtual paths of the macOS/Windows junk left out of :attr:`members` (:func:`is_junk`), for sources
+        #: that account for every file (the user-data sources list them as skipped).
+        self.junk: list[str] = []
         if not self.root.exists():
             raise MissingRawData(f"--raw path {self.root} does not exist")
         if self.root.is_file():
@@ -163,6 +166,7 @@ class RawTree:
                 full = here / fname
                 rel = full.relative_to(self.root).as_posix()
                 if is_junk(rel):
+                    self.junk.append(rel)
                     continue
                 try:
                     st = full.stat()
@@ -197,6 +201,7 @@ class RawTree:
                 continue
             mpath = f"{vpath}/{info.filename}"
             if is_junk(info.filename):
+                self.junk.append(mpath)
                 continue
             if info.filename.lower().endswith(".zip"):
                 self._add_zip(self._open_nested(zf, info, fileobj), mpath, f"{label}:{info.filename}")
@@ -253,6 +258,21 @@ class RawTree:
         if zlib.crc32(data) != info.CRC:
             raise zipfile.BadZipFile(f"bad CRC-32 for {member.name}: its data is damaged")
         return data
+
+    @classmethod
+    def of_files(cls, paths: list[Path], *, max_member_bytes: int = Limits().max_member_bytes) -> RawTree:
+        """A tree of the given plain files, named by their file names (a table that names images; one IFCB bin
+        given by one of its files). Files the caller finds elsewhere are read as plain-file :class:`Member`
+        objects (``archive=-1``)."""
+        tree = cls.__new__(cls)
+        tree.root, tree.max_member_bytes = paths[0], max_member_bytes
+        tree._archives, tree._fds, tree._files, tree.skipped, tree.junk = [], [], [], [], []
+        tree.members = []
+        for path in paths:
+            if not path.is_file():
+                raise MissingRawData(f"--raw {path} is not a file")
+            tree.members.append(Member(path.name, path.stat().st_size, -1, str(path.resolve())))
+        return tree
 
     def close(self) -> None:
         for zf in self._archives:

@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plankton_data import __version__
-from plankton_data.errors import PlanktonDataError, SchemaError
+from plankton_data.errors import PlanktonDataError, SchemaError, UnknownDataset
 from plankton_data.format import atomic
 from plankton_data.format.atomic import partial_path
 from plankton_data.format.index import (
@@ -72,7 +72,7 @@ from plankton_data.format.manifest import (
     read_manifest,
     validate,
 )
-from plankton_data.ingest.adapters import DATASET_IDS, get_adapter
+from plankton_data.ingest.adapters import ingested_datasets
 from plankton_data.shardset.copy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
 from plankton_data.shardset.select import (
     REASONS,
@@ -171,7 +171,7 @@ def build_shard_set(
     """
     start = time.perf_counter()
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
-    included, excluded = _resolve(name, include, exclude, manifests_root, samples_per_shard)
+    included, excluded = _resolve(name, include, exclude, shards_root, manifests_root, samples_per_shard)
     if seed < 0:
         raise PlanktonDataError(f"seed must be 0 or more (numpy seeds are non-negative), not {seed}")
     with output_lock(shards_root / name):  # one writer per set name: refused at once, never waits
@@ -267,22 +267,26 @@ def build_shard_set(
 
 
 def _resolve(
-    name: str, include: Sequence[str], exclude: Sequence[str], manifests_root: Path, per_shard: int
+    name: str, include: Sequence[str], exclude: Sequence[str], shards_root: Path, manifests_root: Path, per_shard: int
 ) -> tuple[list[str], list[str]]:
-    """Included and excluded ids in registry order, after checking the arguments."""
-    if not _NAME.fullmatch(name) or name in DATASET_IDS:
+    """Included and excluded ids in registry order (user datasets after the built-in ones), after checking the
+    arguments."""
+    known = ingested_datasets(shards_root)
+    if not _NAME.fullmatch(name) or name in known:
         raise PlanktonDataError(f"shard-set name {name!r} must match [a-z0-9][a-z0-9_-]* and not be a dataset id")
     if per_shard < 1:
         raise PlanktonDataError(f"samples per shard must be at least 1, not {per_shard}")
-    for d in (*include, *exclude):
-        get_adapter(d)  # raises UnknownDataset, listing the valid ids
+    if unknown := [d for d in (*include, *exclude) if d not in known]:
+        raise UnknownDataset(
+            f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(known)} (your own data: ingest it first)"
+        )
     both = sorted(set(include) & set(exclude))
     if both:
         raise PlanktonDataError(f"{', '.join(both)} cannot be both included and excluded")
-    excluded = [d for d in DATASET_IDS if d in exclude]
+    excluded = [d for d in known if d in exclude]
     if include:
-        return [d for d in DATASET_IDS if d in include], excluded
-    included = [d for d in DATASET_IDS if d not in exclude and (manifests_root / f"{d}.parquet").is_file()]
+        return [d for d in known if d in include], excluded
+    included = [d for d in known if d not in exclude and (manifests_root / f"{d}.parquet").is_file()]
     if not included:
         raise PlanktonDataError(f"empty selection: no ingested dataset in {manifests_root}/ other than the excluded")
     return included, excluded

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from plankton_data.format.index import ShardIndex
-from plankton_data.ingest.adapters import DATASET_IDS, get_adapter, normalize_label
+from plankton_data.ingest.adapters import dataset_info, normalize_label, registry_order
 
 REASONS = ("split_rule", "shared_taxon", "leak", "duplicate", "remainder")
 #: One row per input row left out of a shard set: ``manifests/<name>.removed.parquet``.
@@ -109,8 +109,7 @@ def select(
         refs[d].table.select(["key", "pixel_sha256"])
         if d in refs
         else sources[d].table.select(["key", "pixel_sha256"]).take(pa.array(sel.rows(d, "shared_taxon")))
-        for d in DATASET_IDS
-        if d in refs or d in sources
+        for d in registry_order([*refs, *sources])
     ]
     gone = pa.concat_tables(excluded).combine_chunks()
     for d, s in sources.items():
@@ -127,7 +126,7 @@ def select(
 def _apply_split_rules(sources: dict[str, Source], sel: Selection) -> None:
     """Step 1b: remove the rows whose ``split`` is not among their dataset's ``pretrain_splits``."""
     for d, s in sources.items():
-        info = get_adapter(d).info
+        info = dataset_info(d)
         if info.pretrain_splits is None:
             continue
         splits = s.table.column("split")
@@ -145,7 +144,7 @@ def _apply_split_rules(sources: dict[str, Source], sel: Selection) -> None:
 
 
 def split_rule_text(dataset: str) -> str:
-    info = get_adapter(dataset).info
+    info = dataset_info(dataset)
     return f"keeps only split {'/'.join(info.pretrain_splits or ())}: {info.pretrain_why}"
 
 

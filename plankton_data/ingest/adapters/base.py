@@ -47,8 +47,26 @@ class Box:
 
 
 @dataclass(frozen=True)
+class RawPixels:
+    """Where an image stored as bare pixels lies in its member: ``height x width`` uint8 bytes in row order
+    from byte ``start`` (a raw IFCB ROI inside its bin's ``.roi`` file)."""
+
+    start: int
+    height: int
+    width: int
+
+    @property
+    def length(self) -> int:
+        return self.height * self.width
+
+
+@dataclass(frozen=True)
 class RawRecord:
-    """One input image. With ``boxes`` it yields one sample per box (PMID2019), else one sample."""
+    """One input image. With ``boxes`` it yields one sample per box (PMID2019), else one sample.
+
+    ``source`` is the image's name in the manifest: the member path, or for a ROI cut from a bigger member
+    (``pixels`` set) the name the instrument's own tools use.
+    """
 
     source: str  # Member.path
     member: Member
@@ -59,6 +77,7 @@ class RawRecord:
     step: str = ""  # dataset-specific preprocessing: "" or "zooprocess_legend"
     boxes: tuple[Box, ...] = ()
     meta: dict = field(default_factory=dict)
+    pixels: RawPixels | None = None  # set: the image is these bare pixels of ``member``, not an encoded file
 
 
 @dataclass(frozen=True)
@@ -126,6 +145,27 @@ class DatasetAdapter(Protocol):
     def scan(self, tree: RawTree) -> Scan:
         """Describe every sample under ``tree``; reject/skip the rest with reasons."""
         ...
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A kind of user data (``plankton-data ingest KIND --name NAME``), shown by ``plankton-data datasets``."""
+
+    kind: str
+    title: str
+    raw_hint: str  # what --raw accepts
+    labels: str  # where labels come from
+    options: str  # the ingest options of this kind, in one line
+
+
+class UserSource(DatasetAdapter, Protocol):
+    """An adapter for the user's own data: ``info.id`` is the name they chose; ``options`` are the choices that
+    decide the output (recorded in the plan and in ``index.json``, so a rerun with other options is a new plan)."""
+
+    kind: SourceInfo
+
+    @property
+    def options(self) -> dict: ...
 
 
 def normalize_label(label: str) -> str:
