@@ -19,6 +19,7 @@ from plankton_data.audit.stats import summarize
 from plankton_data.audit.verify import verify
 from plankton_data.cli._options import ManifestsOpt, RichProgress, ShardsOpt, console, out
 from plankton_data.format.index import read_index
+from plankton_data.format.remote import is_remote, localize, upload
 from plankton_data.shardset import REASONS, ShardSetReport, build_shard_set
 
 
@@ -28,6 +29,13 @@ def register(app: typer.Typer) -> None:
     app.command("verify")(verify_cmd)
     app.command("stats")(stats_cmd)
     app.command("preview")(preview_cmd)
+    app.command("upload")(upload_cmd)
+
+
+#: ``--shards`` of the reading commands: a local root or a URL (docs/object_storage.md); a str, as a Path drops "//".
+RemoteShardsOpt = Annotated[
+    str, typer.Option("--shards", help="Root folder of shard folders, or its URL (s3://, gs://, https://).")
+]
 
 
 def shard_cmd(
@@ -147,20 +155,23 @@ def render_shard_report(r: ShardSetReport) -> None:
 
 
 def verify_cmd(
-    path: Annotated[Path, typer.Argument(help="A shard folder: shards/<dataset>/ or shards/<shard set>/.")],
+    path: Annotated[
+        str, typer.Argument(help="A shard folder: shards/<dataset>/ or shards/<shard set>/, or its URL (s3://...).")
+    ],
     manifest: Annotated[Path | None, typer.Option(help="Manifest to check against (default: from index.json).")] = None,
 ) -> None:
     """Check every tar against index.json and the manifest (sha256, sizes, counts, members, sample hashes).
 
     Example: plankton-data verify shards/no_daplankton
     """
-    problems = verify(path, manifest)
+    folder = localize(path)  # a URL: its cached copy, fetched and sha256-checked
+    problems = verify(folder, manifest)
     for p in problems:
         out.print(f"[red]✗[/] {escape(str(p))}", highlight=False, soft_wrap=True)  # one unbroken line each, for grep
     if problems:
         console.print(f"[red]error:[/] {len(problems)} problem(s) in {escape(str(path))}", soft_wrap=True)
         raise typer.Exit(1)
-    index = read_index(path)
+    index = read_index(folder)
     out.print(f"[green]✓[/] {escape(str(path))}: {len(index.shards)} shards, {index.total:,} samples intact")
 
 
@@ -168,14 +179,16 @@ def stats_cmd(
     target: Annotated[str, typer.Argument(help="A manifest, a shard folder, or an ingested dataset / shard-set name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full summary as JSON.")] = False,
     top: Annotated[int, typer.Option(min=0, help="Classes listed per dataset in the table.")] = 10,
-    shards: ShardsOpt = Path("shards"),
+    shards: RemoteShardsOpt = "shards",
     manifests: ManifestsOpt = Path("manifests"),
 ) -> None:
     """Samples per dataset and class, and the distribution of published image sizes.
 
     Example: plankton-data stats no_daplankton --json
     """
-    summary = summarize(target, shards, manifests)
+    if remote := is_remote(target) or is_remote(shards):  # a set on a store: its cached folder (and manifest)
+        target = str(localize(target if is_remote(target) else f"{shards.rstrip('/')}/{target}"))
+    summary = summarize(target, "shards" if remote else shards, manifests)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -220,3 +233,22 @@ def preview_cmd(
     """
     written = contact_sheet(path, out_file, per_dataset, tile, seed, shards, manifests)
     out.print(f"[green]✓[/] {escape(str(written))}")
+
+
+def upload_cmd(
+    name: Annotated[str, typer.Argument(help="Shard folder to upload: SHARDS/NAME/ and its manifest.")],
+    root: Annotated[str, typer.Argument(help="Store root: writes ROOT/shards/NAME/ and ROOT/manifests/NAME.parquet.")],
+    shards: ShardsOpt = Path("shards"),
+    manifests: ManifestsOpt = Path("manifests"),
+) -> None:
+    """Upload a built shard folder to object storage: tars, then the manifest, index.json last.
+
+    Example: plankton-data upload no_daplankton s3://my-bucket/plankton
+    """
+    found = manifests / f"{name}.parquet"
+    with RichProgress(f"upload {name}", unit="B") as progress:
+        r = upload(shards / name, root, manifest=found if found.is_file() else None, progress=progress)
+    rate = r.bytes / 1e6 / r.seconds if r.seconds else 0.0
+    out.print(f"[green]✓[/] {r.tars} tars ({r.bytes / 1e6:,.1f} MB) → {escape(r.url)}  [dim]{rate:,.0f} MB/s[/]")
+    if r.manifest:
+        out.print(escape(f"  manifest {r.manifest}"))

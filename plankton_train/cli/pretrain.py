@@ -83,8 +83,11 @@ class _Display:
 
 def pretrain(
     shard_set: Annotated[
-        Path | None,
-        typer.Option(help="One shard folder (with index.json), e.g. shards/no_daplankton. Required unless --resume."),
+        str | None,
+        typer.Option(
+            help="One shard folder (with index.json), e.g. shards/no_daplankton, or its URL (s3://, gs://, https://:"
+            " fetched into the local cache). Required unless --resume."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Run folder: config, metrics, checkpoints, encoder.")] = Path(
         "runs/pretrain"
@@ -132,18 +135,20 @@ def pretrain(
     With --resume the run's settings come from the checkpoint: only --shard-set (a moved copy of
     the same shard set) and --workers may change; other training options are ignored.
     """
+    from plankton_data.format.remote import localize  # a URL -> its cached, sha256-checked local copy
     from plankton_train.pretrain import PretrainConfig, resume_config, run_pretrain  # torch import: lazy
 
     rank0 = os.environ.get("RANK", "0") == "0"
+    shard_set = None if shard_set is None else str(localize(shard_set))
     if resume is not None:
-        cfg = resume_config(resume, shards=None if shard_set is None else str(shard_set), workers=workers)
+        cfg = resume_config(resume, shards=shard_set, workers=workers)
         if rank0:
             _console.print(f"resuming {cfg.out} from {resume}: training options come from the checkpoint")
     elif shard_set is None:
         raise PretrainError("--shard-set is required (or --resume a run)")
     else:
         cfg = PretrainConfig(
-            shards=str(shard_set),
+            shards=shard_set,
             out=str(out),
             model=ModelName(model).value,
             img_size=img_size,
@@ -173,7 +178,7 @@ def reconstruct(
     checkpoint: Annotated[Path, typer.Option(help="Training checkpoint file or run folder.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")],
     shard_set: Annotated[
-        Path | None, typer.Option(help="Shard folder to draw images from [default: the training one].")
+        str | None, typer.Option(help="Shard folder (or its URL) to draw images from [default: the training one].")
     ] = (None),
     n: Annotated[int, typer.Option(min=1, help="Number of images (rows).")] = 8,
     seed: Annotated[int, typer.Option(help="Picks the images and the masks.")] = 0,
@@ -184,9 +189,10 @@ def reconstruct(
 
         plankton-train reconstruct --checkpoint runs/mae-vitl --out runs/mae-vitl/reconstruction.png
     """
+    from plankton_data.format.remote import localize
     from plankton_train.protocol.reconstruct import reconstruct as make_figure  # torch import: lazy
 
-    path = make_figure(checkpoint, out=out, shards=shard_set, n=n, seed=seed)
+    path = make_figure(checkpoint, out=out, shards=None if shard_set is None else localize(shard_set), n=n, seed=seed)
     typer.echo(str(path))
 
 
