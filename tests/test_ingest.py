@@ -21,24 +21,34 @@ import webdataset as wds
 
 from plankton_data.errors import CorruptArchive, MissingRawData, UnknownDataset
 from plankton_data.fixtures import FIXTURES, write_fixture, write_kaggle_ncei
+from plankton_data.fixtures.own_data import OWN_FIXTURES
 from plankton_data.format.index import read_index
 from plankton_data.format.manifest import read_manifest
 from plankton_data.ingest import ingest
-from plankton_data.ingest.adapters import DATASET_IDS, get_adapter
+from plankton_data.ingest.adapters import DATASET_IDS, SOURCE_KINDS, get_adapter, make_source
 from tests.helpers import big_kaggle_zip
 
 CLI = [sys.executable, "-m", "plankton_data"]
 
 
+#: The user-data sources' fixtures are ingested under these names, in the same contract test.
+OWN = {f"my_{kind}": kind for kind in SOURCE_KINDS}
+
+
 @pytest.fixture(scope="session")
 def ingested(tmp_path_factory):
-    """Every dataset's fixture, ingested once at 64 px: {dataset: (FixtureInfo, IngestReport, out_dir)}."""
+    """Every dataset's fixture and every user-data source's, ingested once at 64 px:
+    {dataset or name: (FixtureInfo, IngestReport, out_dir)}."""
     base = tmp_path_factory.mktemp("ingest")
     runs = {}
-    for dataset in DATASET_IDS:
-        fx = write_fixture(dataset, base / "raw")
+    for dataset in (*DATASET_IDS, *OWN):
+        if dataset in OWN:
+            fx, options = OWN_FIXTURES[OWN[dataset]](base / "raw", 0)
+            source = make_source(OWN[dataset], dataset, **options)
+        else:
+            fx, source = write_fixture(dataset, base / "raw"), dataset
         report = ingest(
-            dataset,
+            source,
             fx.raw,
             shards_root=base / "shards",
             manifests_root=base / "manifests",
@@ -56,11 +66,12 @@ def _cfg(size: int):
     return PreprocessConfig(size=size)
 
 
-def test_every_registered_dataset_has_a_fixture():
+def test_every_registered_dataset_and_source_has_a_fixture():
     assert set(FIXTURES) == set(DATASET_IDS)
+    assert set(OWN_FIXTURES) == set(SOURCE_KINDS)
 
 
-@pytest.mark.parametrize("dataset", DATASET_IDS)
+@pytest.mark.parametrize("dataset", [*DATASET_IDS, *OWN])
 def test_contract(ingested, dataset):
     fx, report, base = ingested[dataset]
     # Counts reconcile with what the fixture wrote: inputs = samples + rejects (+ skipped non-images).

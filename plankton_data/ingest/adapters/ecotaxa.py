@@ -18,6 +18,7 @@ same type-row rule as this reader; the package is GPL-3.0 (this project is MIT) 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import posixpath
@@ -131,7 +132,10 @@ class EcotaxaSource:
         if self.status == "validated" and status != "validated":
             scan.skip(path, f"object status {status or 'empty'!r}, not validated (--status validated)")
             return
-        meta = {out: obj[col] for col, out in _KEPT.items() if obj.get(col)}
+        meta: dict[str, str | float] = {out: obj[col] for col, out in _KEPT.items() if obj.get(col)}
+        for key in ("pixel_size_mm", "img_rank"):  # numbers ([f] columns) stay numbers
+            with contextlib.suppress(KeyError, ValueError):
+                meta[key] = float(meta[key])
         scan.records.append(
             RawRecord(
                 path,
