@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from plankton_data.format.index import read_index
+from plankton_data.format.manifest import read_manifest
 from plankton_train.data.labelled import (
     ClassMap,
     EvalAugment,
@@ -43,6 +44,7 @@ from plankton_train.engine.optim import clamp_warmup, layer_decay_groups
 from plankton_train.errors import FinetuneError
 from plankton_train.models.classifier import EncoderSpec, build_classifier, save_classifier
 from plankton_train.models.registry import is_large
+from plankton_train.protocol.predict import RAW_STEPS
 from plankton_train.protocol.report import PREDICTIONS_NAME, classification_metrics
 from plankton_train.protocol.splits import read_splits, select
 
@@ -121,6 +123,28 @@ def _dataset_stats(shards_root: Path, rows: pd.DataFrame) -> tuple[float, float]
     folder = rows["shard"].iloc[0].split("/")[0]
     index = read_index(shards_root / folder)
     return float(index.mean), float(index.std)
+
+
+def ingest_steps(manifest: Path | str, keys: list[str]) -> list[str]:
+    """The ingest steps every one of ``keys`` had (manifest ``preprocess`` JSON ``steps``), in their order.
+
+    Stored in ``classifier.json`` as ``ingest_steps`` so that predict redoes the dataset-specific ones on raw
+    images (a model fine-tuned on ZooScan vignettes whose legend ingest erased must not meet legends at predict
+    time). A step predict would redo (:data:`~plankton_train.protocol.predict.RAW_STEPS`) that only some
+    training images had (a group mixing datasets) is left out with a warning: predict cannot tell which inputs
+    would need it.
+    """
+    frame = read_manifest(manifest).select(["key", "preprocess"]).to_pandas()
+    lists = [json.loads(p or "{}").get("steps", []) for p in frame["preprocess"][frame["key"].isin(set(keys))]]
+    if not lists:
+        return []
+    common = [step for step in lists[0] if all(step in steps for steps in lists)]
+    partial = sorted({step for steps in lists for step in steps if step in RAW_STEPS} - set(common))
+    for step in partial:
+        had = sum(step in steps for steps in lists)
+        log.warning("ingest step %s was applied to %d of %d training images: predict will not apply it", step, had,
+                    len(lists))  # fmt: skip
+    return common
 
 
 def _loaders(cell: Cell, recipe: Recipe) -> tuple[dict, ClassMap, tuple[float, float]]:
@@ -202,6 +226,8 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
             "normalisation": source,
             # the target's pixel statistics, whatever the normalisation: predict compares its inputs with them
             "train_pixels": {"mean": float(dataset_stats[0]), "std": float(dataset_stats[1])},
+            # what ingest did to every training image; predict redoes the dataset steps (ZooProcess legend)
+            "ingest_steps": ingest_steps(cell.manifest, list(loaders["train"].dataset.keys)),
         },
     )
     result = RunResult(

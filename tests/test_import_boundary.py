@@ -20,9 +20,10 @@ TRAIN = ROOT / "plankton_train"
 HEAVY = ("torch", "torchvision", "timm", "lightly")
 
 #: What plankton_train may import from plankton_data: the shared errors and backports, the on-disk format,
-#: and the ingest preprocessing and raw-source readers (predict gives raw images what ingest gives them).
+#: and the ingest preprocessing, image ops and raw-source readers, IFCB bins included (predict gives raw images
+#: and raw IFCB ROIs what ingest gives them).
 DATA_API = ("plankton_data.errors", "plankton_data.compat", "plankton_data.format", "plankton_data.ingest.preprocess")
-DATA_API_EXACT = ("plankton_data.ingest.sources",)
+DATA_API_EXACT = ("plankton_data.ingest.sources", "plankton_data.ingest.ops", "plankton_data.ingest.ifcb")
 #: The end-to-end demo (plankton_train/demo.py) is the one module that drives plankton_data's pipeline itself:
 #: sample archives, ingest, the shard-set builder and verify, by their library API.
 DEMO_DATA_API = ("plankton_data.fixtures", "plankton_data.ingest.run", "plankton_data.shardset.build",

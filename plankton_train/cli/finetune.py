@@ -47,8 +47,11 @@ def splits(
 def finetune(
     manifest: Annotated[Path, typer.Option(help="Manifest Parquet of the labelled dataset.")],
     shards_root: Annotated[
-        Path,
-        typer.Option("--shards", help="Shards root, as in plankton-data (manifest `shard` paths are relative to it)."),
+        str,
+        typer.Option(
+            "--shards",
+            help="Shards root, as in plankton-data (manifest `shard` paths are relative to it), or its URL (s3://...).",
+        ),
     ],
     splits_file: Annotated[Path, typer.Option("--splits", help="Splits Parquet from `plankton-train splits`.")],
     output: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
@@ -118,7 +121,10 @@ def finetune(
         device=device,
     )
     spec = EncoderSpec(arch=arch, init=init, weights_file=weights_file, drop_path=drop_path)
-    res = run(Cell(manifest, shards_root, splits_file, group, fold, fraction), encoder=spec, recipe=recipe, out=output)
+    from plankton_data.format.remote import localize_for_manifest  # a URL: the sets the manifest names, cached
+
+    root = localize_for_manifest(shards_root, manifest)
+    res = run(Cell(manifest, root, splits_file, group, fold, fraction), encoder=spec, recipe=recipe, out=output)
     out.print(
         f"test accuracy {res.accuracy:.4f}  balanced {res.balanced_accuracy:.4f}  macro-F1 "
         f"{res.macro_f1:.4f}  ECE {res.ece:.4f}  (best epoch {res.best_epoch}, {res.n_train} training "
@@ -181,7 +187,9 @@ def report(
 
 def predict(
     model: Annotated[Path, typer.Argument(help="Run folder of a fine-tuned model.")],
-    images: Annotated[Path, typer.Argument(help="Folder of images, a zip archive, or a shard folder.")],
+    images: Annotated[
+        str, typer.Argument(help="Folder of images, a zip archive, a shard folder, or raw IFCB bins (folder/zip).")
+    ],
     output: Annotated[Path, typer.Option("--out", "-o", help="Output .parquet or .csv.")],
     top_k: Annotated[int, typer.Option(min=1)] = 3,
     min_confidence: Annotated[
@@ -199,6 +207,10 @@ def predict(
 ) -> None:
     """Classify images: top-k labels, all class probabilities, optional embeddings.
 
+    Raw IFCB bins (.hdr/.adc/.roi in a folder tree or zip) are classified ROI by ROI; besides the table,
+    <out stem>_bins/ gets <bin>.csv (per-ROI class scores), counts.csv (counts and counts per mL analysed per
+    bin and class) and bins.csv (ROIs, empty triggers and skips per bin).
+
     Warns when the images' pixel statistics are far from the training images' (the check is recorded in the
     output's metadata, or in <out>.json for CSV).
 
@@ -215,9 +227,12 @@ def predict(
         batch_size=batch_size,
         device=device,
     )
-    table = run(model, source=images, out=output, opts=opts)
-    far = " [yellow](far from the training images: see the warning)[/]" if table.attrs["predict"]["warning"] else ""
-    out.print(f"{len(table)} images, {(table['label'] == UNASSIGNED).sum()} unassigned -> {output}{far}")
+    meta = run(model, source=images, out=output, opts=opts).attrs["predict"]
+    far = " [yellow](far from the training images: see the warning)[/]" if meta["warning"] else ""
+    out.print(f"{meta['images']} images, {meta['unassigned']} {UNASSIGNED} -> {output}{far}")
+    if "bins" in meta:
+        skipped = f", {len(meta['bins_skipped'])} skipped (see bins.csv)" if meta["bins_skipped"] else ""
+        out.print(f"{meta['bins']} IFCB bins{skipped} -> {meta['bins_folder']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,10 +4,15 @@ Raw images (folder or archive, any format OpenCV reads, zips nested in zips incl
 preprocessing as ``plankton-data ingest`` (:func:`plankton_data.ingest.preprocess.square_gray`: grayscale -> pad
 to square on background-matched noise -> resize), then the model's evaluation view (resize + centre crop). The
 padding noise is seeded from the file's sha256, so the same file gets the same prediction wherever it lives
-(folder or archive) and however often it is classified. Dataset-specific ingest steps (ZooProcess legend
-removal, box crops) are not applied: pass already-cropped vignettes. Shard sets (a folder with ``index.json``)
-are already preprocessed and only get the evaluation view; their images are read at the offsets the format
-layer gives (:func:`plankton_data.format.samples.sample_table`).
+(folder or archive) and however often it is classified. The dataset step ingest gave the model's training
+images is given to raw images too: a model fine-tuned on ZooScan/EcoTaxa vignettes whose ingest erased the
+ZooProcess size legend (manifest ``preprocess`` steps ``zooprocess_legend``, recorded by fine-tuning in
+``classifier.json`` as ``ingest_steps``) gets :func:`plankton_data.ingest.ops.remove_zooprocess_legend` applied
+before the padding, exactly as ingest does; a model trained on other data never does (:data:`RAW_STEPS`). Box
+crops are not redone: pass already-cropped vignettes. Raw IFCB bins (``.hdr``/``.adc``/``.roi``, anywhere in a
+folder tree or zip) are classified ROI by ROI: see :mod:`plankton_train.protocol.predict_ifcb`. Shard sets (a
+folder with ``index.json``) are already preprocessed and only get the evaluation view; their images are read at
+the offsets the format layer gives (:func:`plankton_data.format.samples.sample_table`).
 
 One output row per image:
 
@@ -51,8 +56,11 @@ import pyarrow.parquet as pq
 import torch
 
 from plankton_data.compat import batched
+from plankton_data.format.atomic import atomic_path
 from plankton_data.format.index import INDEX_NAME, read_index
+from plankton_data.format.remote import is_remote, localize
 from plankton_data.format.samples import sample_table
+from plankton_data.ingest import ops
 from plankton_data.ingest.preprocess import square_gray
 from plankton_data.ingest.sources import RawTree, is_image
 from plankton_train.data.augment import normalize
@@ -60,7 +68,7 @@ from plankton_train.data.decode import decode_gray
 from plankton_train.data.labelled import EvalAugment
 from plankton_train.engine.device import autocast, resolve_device
 from plankton_train.errors import CorruptSample, PredictError
-from plankton_train.models.classifier import load_classifier
+from plankton_train.models.classifier import PlanktonClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,9 @@ METADATA_KEY = "plankton_predict"  # Parquet key-value metadata entry with the r
 MAX_MEAN_SHIFT = 1.0  # warn when the inputs' pixel mean is this many training stds from the training mean
 STD_RATIO = (0.5, 2.0)  # ... or when the inputs' pixel std / the training std falls outside this range
 COLLAPSE_SHARE = 0.9  # named in the warning when one label takes this share of the predictions
+#: Dataset-specific ingest steps predict redoes on raw images, by their manifest ``preprocess`` step name. A
+#: model's ``classifier.json`` ``ingest_steps`` (the steps every training image had) says which apply to it.
+RAW_STEPS = {"zooprocess_legend": ops.remove_zooprocess_legend}
 
 
 @dataclass(frozen=True)
@@ -127,18 +138,81 @@ def iter_items(source: Path | str) -> Iterator[_Item]:
     return _raw_items(source)
 
 
-def _raw_view(data: bytes, size: int) -> np.ndarray:
-    """Raw image bytes -> the ``size x size`` uint8 gray square ingest would have stored (seeded by the bytes)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError("undecodable image")
-    return square_gray(img, key=hashlib.sha256(data).hexdigest(), size=size)
+def raw_steps(info: Mapping) -> tuple[str, ...]:
+    """The :data:`RAW_STEPS` a model's training images had at ingest (``classifier.json`` ``ingest_steps``).
+
+    Models fine-tuned before the key existed, and models trained on data without such a step, get none.
+    """
+    return tuple(s for s in info.get("ingest_steps") or () if s in RAW_STEPS)
 
 
-def _prepare(item: _Item, view: EvalAugment) -> np.ndarray | None:
+class PredictModel:
+    """A fine-tuned model as predict uses it: raw pixels -> model input, batches -> probabilities, and the
+    pooled pixel statistics of everything it was shown (for :func:`distribution_check`)."""
+
+    def __init__(self, run: Path | str, opts: PredictOptions) -> None:
+        self.opts = opts
+        self.device = resolve_device(opts.device)
+        model, self.info = load_classifier(run, self.device)
+        self.model: PlanktonClassifier = model
+        self.classes: list[str] = list(self.info["classes"])
+        self.thresholds = _class_thresholds(self.classes, opts)  # (C,) top-1 probability each class needs
+        self.view = EvalAugment(self.info["img_size"], self.info["resize"])
+        self.steps = raw_steps(self.info)
+        self._pixels, self._total, self._squares = 0, 0.0, 0.0  # pooled pixel statistics, in [0, 1]
+
+    def raw_input(self, img: np.ndarray, *, key: str) -> np.ndarray:
+        """A decoded raw image (``H x W`` or ``H x W x C``) -> the model's input view (uint8 square).
+
+        The model's dataset steps (:func:`raw_steps`), then ingest's :func:`square_gray` with padding noise
+        seeded from ``key``, then the evaluation view (resize + centre crop).
+        """
+        gray = ops.to_gray(img)
+        for step in self.steps:
+            gray = RAW_STEPS[step](gray)
+        return self.view(square_gray(gray, key=key, size=self.view.resize))
+
+    def classify(self, imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``N`` input views -> ``(N, C)`` float32 probabilities and ``(N, D)`` embeddings (if asked for)."""
+        stack = np.stack(imgs)
+        as_float = stack.astype(np.float64) / 255.0
+        self._pixels += as_float.size
+        self._total += as_float.sum()
+        self._squares += (as_float**2).sum()
+        x = torch.from_numpy(stack)[:, None].to(self.device)
+        with torch.no_grad(), autocast(self.device):
+            feats = self.model.embed(normalize(x, self.info["mean"], self.info["std"]))
+            logits = self.model.head(feats)
+        probs = torch.softmax(logits.float(), 1).cpu().numpy()
+        return probs, (feats.float().cpu().numpy() if self.opts.embeddings else None)
+
+    def rows(self, sources: list[str], probs: np.ndarray, embs: np.ndarray | None) -> pd.DataFrame:
+        """The output table's rows for one classified batch (module docstring)."""
+        return _rows(sources, probs, embs, self.classes, self.opts, self.thresholds)
+
+    def check(self, top1_counts: pd.Series) -> tuple[dict, str | None]:
+        """``(distribution check record, warning line or None)`` for everything classified so far; logs it."""
+        in_mean = self._total / self._pixels
+        spread = float(np.sqrt(max(self._squares / self._pixels - in_mean**2, 0.0)))
+        check = distribution_check(
+            {"mean": round(in_mean, 6), "std": round(spread, 6)}, training_pixel_stats(self.info)
+        )
+        warning = _warning(check, top1_counts)
+        if warning:
+            log.warning(warning)
+        elif check["far"] is None:
+            log.info("no training pixel statistics stored with the model: distribution check skipped")
+        return check, warning
+
+
+def _prepare(item: _Item, model: PredictModel) -> np.ndarray | None:
     try:
-        img = _raw_view(item.data, view.resize) if item.fmt == "raw" else decode_gray(item.data)
-        return view(img)
+        if item.fmt != "raw":
+            return model.view(decode_gray(item.data))
+        img = cv2.imdecode(np.frombuffer(item.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ValueError("undecodable image")
+        return model.raw_input(img, key=hashlib.sha256(item.data).hexdigest())
     except (ValueError, CorruptSample, cv2.error) as exc:
         log.warning("skipping %s: %s", item.source, exc)
         return None
@@ -228,7 +302,7 @@ def distribution_check(inputs: dict, train: dict | None) -> dict:
     return record
 
 
-def _warning(check: dict, table: pd.DataFrame) -> str | None:
+def _warning(check: dict, top1_counts: pd.Series) -> str | None:
     if not check["far"]:
         return None
     i, t = check["input_pixels"], check["train_pixels"]
@@ -237,32 +311,66 @@ def _warning(check: dict, table: pd.DataFrame) -> str | None:
         f"{t['mean']:.3f} / {t['std']:.3f} in training ({check['mean_shift_sd']:.1f} training stds apart, std "
         f"ratio {check['std_ratio']:.2f}); another instrument or illumination? Do not trust these predictions"
     )
-    top = table["top1"].value_counts(normalize=True)
-    if len(table) >= 20 and top.iloc[0] >= COLLAPSE_SHARE:
-        line += f" ({top.iloc[0]:.0%} of the {len(table):,} images are top-1 {top.index[0]!r})"
+    n = int(top1_counts.sum())
+    top = top1_counts.sort_values(ascending=False, kind="stable") / max(n, 1)
+    if n >= 20 and top.iloc[0] >= COLLAPSE_SHARE:
+        line += f" ({top.iloc[0]:.0%} of the {n:,} images are top-1 {top.index[0]!r})"
     return line
 
 
+def run_meta(run: Path | str, source: Path | str, model: PredictModel, top1_counts: pd.Series, unassigned: int) -> dict:
+    """The settings and checks recorded with an output (:func:`read_predict_metadata` reads them back)."""
+    check, warning = model.check(top1_counts)
+    n = int(top1_counts.sum())
+    return {
+        "model": str(run),
+        "source": str(source),
+        "images": n,
+        "unassigned": int(unassigned),
+        "min_confidence": model.opts.min_confidence,
+        "thresholds": dict(model.opts.thresholds or {}),
+        "ingest_steps": list(model.steps),
+        "distribution": check,
+        "top_label_share": round(float(top1_counts.max() / max(n, 1)), 4),
+        "warning": warning,
+    }
+
+
+def check_output(out: Path, opts: PredictOptions) -> None:
+    """Refuse an output name or option predict cannot honour, before any work."""
+    if out.suffix not in (".parquet", ".csv"):
+        raise PredictError(f"output must end in .parquet or .csv, got {out.name}")
+    if not 0 <= opts.min_confidence <= 1:
+        raise PredictError(f"min confidence must be in [0, 1], got {opts.min_confidence}")
+
+
+def meta_path(out: Path) -> Path:
+    """Where a CSV output's settings and checks go: ``<out>.json`` beside it."""
+    return out.parent / (out.name + ".json")
+
+
 def _write(table: pd.DataFrame, out: Path, meta: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         arrow = pa.Table.from_pandas(table, preserve_index=False)
         extra = {METADATA_KEY.encode(): json.dumps(meta).encode()}
-        pq.write_table(arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **extra}), out)
+        with atomic_path(out) as tmp:
+            pq.write_table(arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **extra}), tmp)
     else:
-        table.to_csv(out, index=False)
-        (out.parent / (out.name + ".json")).write_text(json.dumps(meta, indent=2) + "\n")
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+        with atomic_path(meta_path(out)) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def read_predict_metadata(path: Path | str) -> dict:
     """The settings and distribution check recorded with a :func:`predict` output (Parquet or CSV)."""
     path = Path(path)
     if path.suffix == ".parquet":
-        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY.encode())
+        raw = (pq.read_metadata(path).metadata or {}).get(METADATA_KEY.encode())  # the footer's key-value pairs
         if raw is None:
             raise PredictError(f"{path} has no {METADATA_KEY} metadata")
         return json.loads(raw)
-    side = path.parent / (path.name + ".json")
+    side = meta_path(path)
     if not side.is_file():
         raise PredictError(f"no {side.name} beside {path}")
     return json.loads(side.read_text())
@@ -275,56 +383,37 @@ def predict(
 
     Returns the written table (its ``attrs["predict"]``: the recorded settings and distribution check).
     Unreadable images are skipped with a warning; inputs unlike the training images get one warning line.
+    A ``source`` holding raw IFCB bins is classified by :func:`plankton_train.protocol.predict_ifcb.predict_bins`
+    instead, which streams the table to ``out`` and returns the per-bin count table.
     """
     out = Path(out)
-    if out.suffix not in (".parquet", ".csv"):
-        raise PredictError(f"output must end in .parquet or .csv, got {out.name}")
-    if not 0 <= opts.min_confidence <= 1:
-        raise PredictError(f"min confidence must be in [0, 1], got {opts.min_confidence}")
-    device = resolve_device(opts.device)
-    model, info = load_classifier(run, device)
-    classes, mean, std = info["classes"], info["mean"], info["std"]
-    thresholds = _class_thresholds(classes, opts)
-    view = EvalAugment(info["img_size"], info["resize"])
+    check_output(out, opts)
+    if is_remote(source):  # a shard folder's URL (s3://...): its cached, sha256-checked copy
+        source = localize(source)
+    if not Path(source).exists():
+        raise PredictError(f"input {source} does not exist")
+    if not (Path(source) / INDEX_NAME).is_file():
+        from plankton_train.protocol.predict_ifcb import bin_input, find_bins, predict_bins  # builds on this module
+
+        root, only = bin_input(Path(source))  # one bin may be given by any of its three files
+        with RawTree(root) as tree:
+            found = find_bins(tree, only=only)
+            if found.bins or found.skipped:
+                return predict_bins(run, tree=tree, found=found, source=source, out=out, opts=opts)
+    model = PredictModel(run, opts)
     frames = []
-    pixels, total, squares = 0, 0.0, 0.0  # pooled pixel statistics of the inputs, in [0, 1]
-    with ThreadPoolExecutor(max(1, opts.threads)) as pool, torch.no_grad():
+    with ThreadPoolExecutor(max(1, opts.threads)) as pool:
         for batch in batched(iter_items(source), opts.batch_size):
-            imgs = list(pool.map(lambda it: _prepare(it, view), batch))
+            imgs = list(pool.map(lambda it: _prepare(it, model), batch))
             keep = [(it.source, im) for it, im in zip(batch, imgs, strict=True) if im is not None]
             if not keep:
                 continue
-            stack = np.stack([im for _, im in keep])
-            as_float = stack.astype(np.float64) / 255.0
-            pixels, total, squares = pixels + as_float.size, total + as_float.sum(), squares + (as_float**2).sum()
-            x = torch.from_numpy(stack)[:, None].to(device)
-            with autocast(device):
-                feats = model.embed(normalize(x, mean, std))
-                logits = model.head(feats)
-            probs = torch.softmax(logits.float(), 1).cpu().numpy()
-            embs = feats.float().cpu().numpy() if opts.embeddings else None
-            frames.append(_rows([s for s, _ in keep], probs, embs, classes, opts, thresholds))
+            probs, embs = model.classify([im for _, im in keep])
+            frames.append(model.rows([s for s, _ in keep], probs, embs))
     if not frames:
         raise PredictError(f"no readable images in {source}")
     table = pd.concat(frames, ignore_index=True)
-    in_mean = total / pixels
-    inputs = {"mean": round(in_mean, 6), "std": round(float(np.sqrt(max(squares / pixels - in_mean**2, 0.0))), 6)}
-    check = distribution_check(inputs, training_pixel_stats(info))
-    warning = _warning(check, table)
-    if warning:
-        log.warning(warning)
-    elif check["far"] is None:
-        log.info("no training pixel statistics stored with the model: distribution check skipped")
-    meta = {
-        "model": str(run),
-        "source": str(source),
-        "images": len(table),
-        "min_confidence": opts.min_confidence,
-        "thresholds": dict(opts.thresholds or {}),
-        "distribution": check,
-        "top_label_share": round(float(table["top1"].value_counts(normalize=True).iloc[0]), 4),
-        "warning": warning,
-    }
+    meta = run_meta(run, source, model, table["top1"].value_counts(), int((table["label"] == UNASSIGNED).sum()))
     _write(table, out, meta)
     table.attrs["predict"] = meta
     log.info("classified %d images -> %s", len(table), out)
