@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plankton_data.ingest.adapters import list_adapters
+from plankton_data.ingest.adapters import list_adapters, list_sources
 
 SCRIPT = Path(sys.executable).parent / "plankton-data"
 
@@ -41,10 +41,15 @@ def test_datasets_fit_80_columns_and_print_every_url_whole() -> None:
         for field in (info.raw_hint, info.license, info.expected):
             for word in field.split():
                 assert word in words, (info.id, word)
+    for kind in list_sources():  # the user-data sources, with what --raw takes
+        assert any(line.startswith(f"{kind.kind}  ") for line in lines)
+        assert all(word in " ".join(lines) for word in kind.raw_hint.split())
     assert "…" not in text
 
 
-def test_datasets_json_lists_every_adapter_info() -> None:
+def test_datasets_json_lists_every_adapter_info_and_source() -> None:
     data = json.loads(_run("--json", columns=40))  # JSON is never wrapped, whatever the width
-    assert data == [json.loads(json.dumps(asdict(info))) for info in list_adapters()]
-    assert {"id", "title", "homepage", "license", "raw_hint", "layout", "expected"} <= set(data[0])
+    assert data["datasets"] == [json.loads(json.dumps(asdict(info))) for info in list_adapters()]
+    assert {"id", "title", "homepage", "license", "raw_hint", "layout", "expected"} <= set(data["datasets"][0])
+    assert [s["kind"] for s in data["sources"]] == ["folder", "csv", "ecotaxa", "ifcb"]
+    assert all(s["raw_hint"] and s["labels"] and s["options"] for s in data["sources"])

@@ -24,7 +24,7 @@ from plankton_data.cli._options import ImageFormat, ManifestsOpt, RichProgress, 
 from plankton_data.cli.own_data import own_source
 from plankton_data.errors import PlanktonDataError, PlanktonError
 from plankton_data.ingest import IngestReport, ingest
-from plankton_data.ingest.adapters import DATASET_IDS, SOURCE_KINDS, list_adapters
+from plankton_data.ingest.adapters import DATASET_IDS, SOURCE_KINDS, list_adapters, list_sources
 from plankton_data.ingest.limits import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_MEMBER_MB, Limits
 from plankton_data.ingest.parts import Part, merge
 from plankton_data.ingest.preprocess import PreprocessConfig
@@ -237,7 +237,7 @@ def datasets_cmd(
         bool, typer.Option("--json", help="Print the list as JSON (every AdapterInfo field), for scripts.")
     ] = False,
 ) -> None:
-    """List the supported datasets, where to get them and what --raw accepts.
+    """List the supported datasets and the sources of your own data, and what --raw accepts for each.
 
     One block per dataset, readable at 80 columns; each download address is printed whole on its own line.
 
@@ -263,9 +263,10 @@ def datasets_cmd(
                 lines.append(piece)
         return lines
 
-    infos = list_adapters()
+    infos, sources = list_adapters(), list_sources()
     if as_json:
-        typer.echo(json.dumps([asdict(info) for info in infos], indent=2, ensure_ascii=False))
+        data = {"datasets": [asdict(info) for info in infos], "sources": [asdict(kind) for kind in sources]}
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     width = max(60, min(out.width, 100))
     out.print(f"[bold]{len(infos)} supported datasets[/] (plankton-data ingest <id> --raw ...)", soft_wrap=True)
@@ -281,6 +282,16 @@ def datasets_cmd(
             ("licence", info.license),
             ("instrument", info.instrument),
         ):
+            for i, line in enumerate(wrap(value, width - 14)):
+                out.print(f"  {name if i == 0 else '':<10}  {line}", soft_wrap=True, highlight=False, markup=False)
+    out.print(
+        f"\n[bold]Your own data[/]: {len(sources)} sources (docs/your_data.md)\n"
+        "  plankton-data ingest <kind> --raw ... --name NAME",
+        soft_wrap=True,
+    )
+    for kind in sources:
+        out.print(f"\n[bold cyan]{escape(kind.kind)}[/]  {escape(kind.title)}", soft_wrap=True)
+        for name, value in (("--raw", kind.raw_hint), ("labels", kind.labels), ("options", kind.options)):
             for i, line in enumerate(wrap(value, width - 14)):
                 out.print(f"  {name if i == 0 else '':<10}  {line}", soft_wrap=True, highlight=False, markup=False)
 
