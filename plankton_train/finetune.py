@@ -4,7 +4,9 @@ Recipe of Kareinen et al. (2025): AdamW (lr 2e-3, weight decay 0.01) with layer-
 schedule with 5 warm-up epochs applied per optimiser step, label smoothing 0.1, drop path 0.2, batch 128,
 50 epochs; training images get the pretraining augmentations (random resized crop, flips), validation and
 test images a resize + centre crop. The epoch kept is the one with the best **validation** accuracy (ties:
-lower validation loss); the test set is scored once, with that epoch's weights. bf16 autocast on GPU.
+lower validation loss); the test set is scored once, with that epoch's weights. Forward passes in
+``Recipe.precision`` (``auto``: bf16 autocast on GPU, fp32 on CPU), optionally ``torch.compile``-d
+(``Recipe.compile``); ``classifier.json`` stores the recipe with the resolved precision.
 
 The run folder holds ``model.safetensors`` (encoder + head), ``classifier.json`` (everything needed to
 rebuild and use the model: encoder spec, class names, normalisation, input size), ``history.csv``
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,9 +41,10 @@ from plankton_train.data.labelled import (
     make_loader,
     manifest_rows,
 )
-from plankton_train.engine.device import resolve_device
+from plankton_train.engine.device import compile_errors, compile_model, resolve_device
 from plankton_train.engine.finetune_loop import EpochSchedule, fit, predict_probs
 from plankton_train.engine.optim import clamp_warmup, layer_decay_groups
+from plankton_train.engine.precision import precision_problem, resolve_precision
 from plankton_train.errors import FinetuneError
 from plankton_train.models.classifier import EncoderSpec, build_classifier, save_classifier
 from plankton_train.models.registry import is_large
@@ -72,6 +76,9 @@ class Recipe:
     num_workers: int = 4
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA); the run's classifier.json stores the resolved one
+    compile: bool = False  # torch.compile the classifier's training forward
+    compile_backend: str = "inductor"  # see plankton_train.engine.precision.COMPILE_BACKENDS
 
     def validate(self) -> None:
         """Raise :class:`FinetuneError` on values that cannot work, before any data is read."""
@@ -85,6 +92,9 @@ class Recipe:
             bad.append(f"crop_scale={self.crop_scale}")
         if self.normalization not in ("dataset", "encoder"):
             bad.append(f"normalization={self.normalization!r} (dataset or encoder)")
+        problem = precision_problem(self.precision, self.compile_backend)
+        if problem:
+            bad.append(problem)
         if bad:
             raise FinetuneError(f"invalid fine-tuning settings: {', '.join(bad)}")
 
@@ -178,7 +188,7 @@ def _fit(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     warmup = clamp_warmup(recipe.warmup_epochs, recipe.epochs, unit="epochs")
     schedule = EpochSchedule(recipe.epochs, warmup, recipe.lr, recipe.min_lr)
-    return fit(model, loaders, optimizer, loss_fn, schedule, mean, std, device)
+    return fit(model, loaders, optimizer, loss_fn, schedule, mean, std, device, recipe.precision)
 
 
 def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | str) -> RunResult:
@@ -190,10 +200,13 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
     recipe.validate()
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
+    recipe = replace(recipe, precision=resolve_precision(recipe.precision, device.type))  # recorded resolved
     loaders, classes, dataset_stats = _loaders(cell, recipe)
     if "img_size" not in encoder.model_kwargs:  # the network's input side follows the recipe, for every init
         encoder = replace(encoder, model_kwargs={**encoder.model_kwargs, "img_size": recipe.img_size})
     model = build_classifier(encoder, len(classes)).to(device)
+    if recipe.compile:
+        compile_model(model, device=device, backend=recipe.compile_backend, error=FinetuneError)
     if device.type == "cpu" and is_large(model.spec.arch):
         log.warning(
             "fine-tuning %s (ViT-L or larger) on a CPU: expect hours per epoch; a GPU is advised", model.spec.arch
@@ -203,8 +216,9 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
     mean, std = norm if norm is not None else dataset_stats
     source = "encoder" if norm is not None else "dataset"
     log.info("normalising with mean %.4f std %.4f (%s)", mean, std, source)
-    best_epoch, val_accuracy, history = _fit(model, loaders, recipe, mean, std, device)
-    probs, _ = predict_probs(model, loaders["test"], mean, std, device)
+    with compile_errors(FinetuneError) if recipe.compile else nullcontext():
+        best_epoch, val_accuracy, history = _fit(model, loaders, recipe, mean, std, device)
+    probs, _ = predict_probs(model, loaders["test"], mean, std, device, precision=recipe.precision)
     test = loaders["test"].dataset
     preds = [classes.names[i] for i in probs.argmax(1)]
     labels = [classes.names[i] for i in test.targets]

@@ -3,7 +3,8 @@
 Recipe (MAE paper / official code): AdamW betas (0.9, 0.95), weight decay 0.05 (not on norms, biases,
 position and special tokens), ``lr = blr * effective_batch / 256``, linear warmup then cosine per optimiser
 step, effective batch reached by gradient accumulation with no DDP all-reduce on the non-final micro-steps,
-bf16 autocast on CUDA (no GradScaler needed). The run folder holds ``run_config.json`` (resolved), metrics
+forward passes in ``precision`` (``auto``: bf16 autocast on CUDA, fp32 on CPU; bf16 needs no GradScaler),
+optionally through ``torch.compile`` (``compile``). The run folder holds ``run_config.json`` (resolved), metrics
 (``metrics.jsonl``, ``metrics.csv``, ``tb/``), ``checkpoints/step-*.pt`` and the exported ``encoder/``.
 
 This module is the wiring: it checks the configuration, builds the stream, model and optimiser, and runs
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from plankton_data.format.keys import key_dataset
 from plankton_data.format.lock import output_lock
 from plankton_train import __version__
 from plankton_train.data.stream import ShardStream, StreamLoader
-from plankton_train.engine.device import Dist, init_distributed
+from plankton_train.engine.device import Dist, check_compile, compile_errors, compile_model, init_distributed
 from plankton_train.engine.optim import clamp_warmup, param_groups
+from plankton_train.engine.precision import precision_problem, resolve_precision
 from plankton_train.engine.pretrain_loop import BatchFn, Cadence, EventFn, Schedule, Trainer
 from plankton_train.errors import PretrainError
 from plankton_train.models.checkpoint import load_checkpoint
@@ -70,6 +72,9 @@ class PretrainConfig:
     ckpt_every: int = 1000  # optimiser steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2  # periodic checkpoints kept (the newest)
     img_size: int = 0  # network input side in px; 0: the model's own (MODELS[model].img_size)
+    precision: str = "auto"  # bf16 | fp32 | auto (bf16 on CUDA); a run stores the resolved one
+    compile: bool = False  # torch.compile the MAE's forward (and so its backward)
+    compile_backend: str = "inductor"  # see plankton_train.engine.precision.COMPILE_BACKENDS
 
     def model_config(self) -> MAEConfig:
         """The MAE architecture of this run: the registry entry, at ``img_size`` when that is set."""
@@ -89,6 +94,9 @@ class PretrainConfig:
             raise PretrainError(
                 f"blr and epochs must be finite and > 0 (got {self.blr}, {self.epochs}); workers and ckpt_every >= 0"
             )
+        problem = precision_problem(self.precision, self.compile_backend)
+        if problem:
+            raise PretrainError(f"invalid setting: {problem}")
         patch = MODELS[self.model].patch_size
         if self.img_size < 0 or self.img_size % patch:
             raise PretrainError(
@@ -194,6 +202,8 @@ def _build(cfg: PretrainConfig, dd: Dist, on_event: EventFn | None, on_batch: Ba
     )
     if cuda:
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
+    if cfg.compile:  # before the model is built: a machine where inductor cannot work fails at once
+        check_compile(dd.device, cfg.compile_backend, PretrainError)
     if dd.device.type == "cpu" and is_large(mae_cfg.arch) and dd.rank == 0:
         log.warning(
             "%s (%s) is a GPU-sized model: on a CPU one step takes minutes; for a CPU try --model mae_cpu64",
@@ -201,6 +211,8 @@ def _build(cfg: PretrainConfig, dd: Dist, on_event: EventFn | None, on_batch: Ba
             mae_cfg.arch,
         )
     model = build_mae(mae_cfg).to(dd.device)
+    if cfg.compile:
+        compile_model(model, device=dd.device, backend=cfg.compile_backend, error=PretrainError)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=schedule.base_lr, betas=(cfg.beta1, cfg.beta2), fused=cuda
     )
@@ -216,6 +228,7 @@ def _build(cfg: PretrainConfig, dd: Dist, on_event: EventFn | None, on_batch: Ba
         seed=cfg.seed,
         run_dir=Path(cfg.out),
         extra_state={"config": asdict(cfg), "mean": mean, "std": std, "version": __version__},
+        precision=cfg.precision,
         on_event=on_event,
         on_batch=on_batch,
     )
@@ -239,6 +252,8 @@ def _resolved(cfg: PretrainConfig, built: _Built) -> dict:
         "std": stream.index.std,
         "dataset_stats": built.dataset_stats,
         "device": str(trainer.dd.device),
+        "precision": cfg.precision,  # resolved: bf16 or fp32
+        "compile": cfg.compile_backend if cfg.compile else None,
         "torch": torch.__version__,
         "plankton_train": __version__,
     }
@@ -268,6 +283,7 @@ def run_pretrain(
     """
     cfg.validate()
     dd = init_distributed()
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, dd.device.type))  # stored resolved: resume keeps it
     lock = ExitStack()
     try:
         torch.manual_seed(cfg.seed + dd.rank)
@@ -286,7 +302,8 @@ def run_pretrain(
         resolved = _resolved(cfg, built)
         if dd.rank == 0:
             (run_dir / RUN_CONFIG).write_text(json.dumps(resolved, indent=2) + "\n")
-        last_loss, ckpt = trainer.fit(stop_after, start=resolved)
+        with compile_errors(PretrainError) if cfg.compile else nullcontext():
+            last_loss, ckpt = trainer.fit(stop_after, start=resolved)
         total, encoder = trainer.schedule.total_steps, None
         if trainer.step >= total and dd.rank == 0:
             encoder = export_encoder(

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from plankton_train.cli._options import DeviceOpt, floats, out
+from plankton_train.cli.pretrain import AUTO_PRECISION, CompileOpt, Precision, PrecisionOpt
 from plankton_train.errors import FinetuneError
 from plankton_train.models.registry import check_init
 
@@ -87,6 +88,8 @@ def finetune(
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 4,
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option()] = 0,
+    precision: PrecisionOpt = AUTO_PRECISION,
+    compile_model: CompileOpt = False,
 ) -> None:
     """Fine-tune one cell (group, fold, fraction) with the paper's recipe; best epoch chosen on validation.
 
@@ -119,6 +122,8 @@ def finetune(
         num_workers=workers,
         seed=seed,
         device=device,
+        precision=Precision(precision).value,
+        compile=compile_model,
     )
     spec = EncoderSpec(arch=arch, init=init, weights_file=weights_file, drop_path=drop_path)
     from plankton_data.format.remote import localize_for_manifest  # a URL: the sets the manifest names, cached

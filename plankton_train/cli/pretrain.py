@@ -24,11 +24,25 @@ from rich.progress import (
 )
 
 from plankton_train.cli._options import console as _console
+from plankton_train.engine.precision import PRECISIONS
 from plankton_train.errors import PretrainError
 from plankton_train.models.registry import MODEL_NAMES
 
 ModelName = Enum("ModelName", {name: name for name in MODEL_NAMES}, type=str)  # type: ignore[misc]  # from the registry
 _DEFAULT_MODEL = ModelName("vit_large_patch16_224")
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # type: ignore[misc]  # torch-free names
+AUTO_PRECISION = Precision("auto")
+
+#: ``--precision`` and ``--compile``, shared by ``pretrain`` and ``finetune``.
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        help="bf16 (autocast; also on a CPU) or fp32; auto: bf16 on a GPU, fp32 on a CPU. Recorded in the run."
+    ),
+]
+CompileOpt = Annotated[
+    bool, typer.Option("--compile/--no-compile", help="torch.compile the model (inductor; first steps compile).")
+]
 
 
 class _Display:
@@ -53,7 +67,8 @@ class _Display:
             self.console.print(
                 f"{record['num_samples']} samples, {record['world_size']} rank(s) on {record['device']}, "
                 f"accumulation {record['accum_steps']}, lr {record['lr']:.3g}, "
-                f"{record['total_steps']} steps ({record['warmup_steps']} warmup)"
+                f"{record['total_steps']} steps ({record['warmup_steps']} warmup), {record['precision']}"
+                f"{', compiled (' + record['compile'] + ')' if record['compile'] else ''}"
             )
             self.progress.start()
             self.task = self.progress.add_task("", total=record["total_steps"], completed=record["step"], info="")
@@ -121,6 +136,8 @@ def pretrain(
     stop_after: Annotated[
         int | None, typer.Option(help="Stop (with a checkpoint) after this many steps of this call.")
     ] = (None),
+    precision: PrecisionOpt = AUTO_PRECISION,
+    compile_model: CompileOpt = False,
 ) -> None:
     """Pretrain a Masked Autoencoder ViT on a shard folder (single device, or every rank under torchrun).
 
@@ -133,7 +150,8 @@ def pretrain(
         torchrun --nproc_per_node 8 --no-python plankton-train pretrain --shard-set shards/all --out runs/mae
 
     With --resume the run's settings come from the checkpoint: only --shard-set (a moved copy of
-    the same shard set) and --workers may change; other training options are ignored.
+    the same shard set) and --workers may change; other training options (--precision and --compile too)
+    are ignored.
     """
     from plankton_data.format.remote import localize  # a URL -> its cached, sha256-checked local copy
     from plankton_train.pretrain import PretrainConfig, resume_config, run_pretrain  # torch import: lazy
@@ -165,6 +183,8 @@ def pretrain(
             log_every=log_every,
             ckpt_every=ckpt_every,
             keep_checkpoints=keep_checkpoints,
+            precision=Precision(precision).value,
+            compile=compile_model,
         )
     display = _Display(_console) if rank0 else None
     try:

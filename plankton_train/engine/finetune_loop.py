@@ -2,7 +2,8 @@
 
 :func:`plankton_train.finetune.finetune` builds the loaders, the classifier and the optimiser; these loops run
 them. The learning rate is set before every optimiser step (cosine with warmup, per step, layer decay through
-each group's ``lr_scale``); bf16 autocast on GPU; the loss stays on the device until the epoch ends.
+each group's ``lr_scale``); forward passes in the run's precision (:func:`~plankton_train.engine.device.autocast`;
+``auto``: bf16 on GPU, fp32 on CPU); the loss stays on the device until the epoch ends.
 """
 
 from __future__ import annotations
@@ -47,13 +48,17 @@ def predict_probs(
     std: float,
     device: torch.device,
     embeddings: bool = False,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Softmax probabilities ``(N, classes)`` float32 in loader order, optionally embeddings ``(N, D)``."""
+    """Softmax probabilities ``(N, classes)`` float32 in loader order, optionally embeddings ``(N, D)``.
+
+    ``precision``: ``bf16`` | ``fp32`` | ``auto`` (:mod:`plankton_train.engine.precision`).
+    """
     model.eval()
     probs, embs = [], []
     for x, _ in loader:
         x = normalize(x.to(device, non_blocking=True), mean, std)
-        with autocast(device):
+        with autocast(device, precision):
             feats = model.embed(x)
             logits = model.head(feats)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
@@ -72,6 +77,7 @@ def train_epoch(
     mean: float,
     std: float,
     device: torch.device,
+    precision: str = "auto",
 ) -> tuple[float, float]:
     """One epoch; the lr is set before every optimiser step. Returns (mean loss, lr at the last step)."""
     model.train()
@@ -82,7 +88,7 @@ def train_epoch(
         set_lr(optimizer, lr)
         x = normalize(x.to(device, non_blocking=True), mean, std)
         y = y.to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -96,9 +102,9 @@ def train_epoch(
     return loss_mean, lr
 
 
-def evaluate(model, loader, loss_fn, mean, std, device) -> tuple[float, float, np.ndarray]:
+def evaluate(model, loader, loss_fn, mean, std, device, precision: str = "auto") -> tuple[float, float, np.ndarray]:
     """``(accuracy, loss, probabilities)`` of ``model`` on a loader whose dataset has ``targets``."""
-    probs, _ = predict_probs(model, loader, mean, std, device)
+    probs, _ = predict_probs(model, loader, mean, std, device, precision=precision)
     targets = torch.as_tensor(loader.dataset.targets)
     loss = float(loss_fn(torch.log(torch.as_tensor(probs).clamp_min(1e-12)), targets))  # NLL of the probs
     return float((probs.argmax(1) == targets.numpy()).mean()), loss, probs
@@ -113,10 +119,13 @@ def fit(
     mean: float,
     std: float,
     device: torch.device,
+    precision: str = "auto",
 ) -> tuple[int, float, list[dict]]:
     """Train for ``schedule.epochs``; leave the best-validation weights in ``model``.
 
-    Returns ``(best epoch, its validation accuracy, per-epoch history rows)``. The best epoch has the highest
+    Returns ``(best epoch, its validation accuracy, per-epoch history rows)``; a row's
+    ``train_images_per_s`` is the epoch's training images over its training time (loading included,
+    validation not; the first epoch of a compiled run includes the compilation). The best epoch has the highest
     validation accuracy (ties: lower validation loss). Without validation images the last epoch is kept.
     """
     nll = nn.NLLLoss()
@@ -125,12 +134,14 @@ def fit(
     history, t0 = [], time.perf_counter()
     for epoch in range(epochs):
         loaders["train"].dataset.set_epoch(epoch)
+        start = time.perf_counter()
         train_loss, lr = train_epoch(
-            model, loaders["train"], optimizer, train_loss_fn, schedule, epoch, mean, std, device
+            model, loaders["train"], optimizer, train_loss_fn, schedule, epoch, mean, std, device, precision
         )
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr}
+        speed = len(loaders["train"].dataset) / (time.perf_counter() - start)  # train_epoch ends in a host sync
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "train_images_per_s": speed}
         if "val" in loaders:
-            acc, loss, _ = evaluate(model, loaders["val"], nll, mean, std, device)
+            acc, loss, _ = evaluate(model, loaders["val"], nll, mean, std, device, precision)
             row.update(val_accuracy=acc, val_loss=loss)
             if (acc, -loss) > (best[0], -best[1]):
                 state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

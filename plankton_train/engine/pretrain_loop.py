@@ -2,8 +2,9 @@
 
 :func:`plankton_train.pretrain.run_pretrain` builds the pieces (stream loader, model, optimiser, schedule) and
 hands them to :class:`Trainer`, which owns everything that happens per step. Gradients are all-reduced only on
-the last micro-step of an optimiser step (``no_sync`` on the others), bf16 autocast on CUDA, and the loss stays
-on the device between metric records (one host sync per record).
+the last micro-step of an optimiser step (``no_sync`` on the others), the forward runs under the run's precision
+(:func:`~plankton_train.engine.device.autocast`: bf16 or fp32, on any device), and the loss stays on the device
+between metric records (one host sync per record).
 
 Determinism: the batch at loader position ``g`` and its mask depend only on ``(seed, rank, g)``, so a run
 resumed from a checkpoint takes exactly the steps the uninterrupted run would have taken.
@@ -28,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from plankton_data.format import atomic
 from plankton_train.data.augment import normalize
 from plankton_train.data.stream import StreamLoader
-from plankton_train.engine.device import Dist
+from plankton_train.engine.device import Dist, autocast
 from plankton_train.engine.optim import cosine_lr, set_lr
 from plankton_train.engine.rng import rng_state, set_rng_state
 from plankton_train.errors import PretrainError
@@ -167,6 +168,7 @@ class Trainer:
         seed: with the rank and loader position, fixes every mask.
         run_dir: where ``metrics.*``, ``tb/`` and ``checkpoints/`` go.
         extra_state: more values for every checkpoint (the run configuration, pixel statistics, version).
+        precision: ``bf16`` or ``fp32`` (resolved, see :mod:`plankton_train.engine.precision`).
         on_event, on_batch: see :data:`EventFn` (rank 0 only) and :data:`BatchFn`.
     """
 
@@ -184,6 +186,7 @@ class Trainer:
         seed: int,
         run_dir: Path,
         extra_state: dict,
+        precision: str = "auto",
         on_event: EventFn | None = None,
         on_batch: BatchFn | None = None,
     ) -> None:
@@ -191,7 +194,7 @@ class Trainer:
         self.schedule, self.cadence, self.seed, self.run_dir = schedule, cadence, seed, run_dir
         self.sample_mean = sample_mean.view(-1, 1, 1, 1)
         self.sample_std = sample_std.view(-1, 1, 1, 1)
-        self.extra_state, self.on_batch = extra_state, on_batch
+        self.extra_state, self.on_batch, self.precision = extra_state, on_batch, precision
         self.on_event = on_event if dd.rank == 0 else None
         self.cuda = dd.device.type == "cuda"
         self.ddp = (
@@ -251,9 +254,8 @@ class Trainer:
         images = normalize(images, self.sample_mean[index], self.sample_std[index])
         gen = mask_generator(self.seed, self.dd.rank, batch["position"], self.dd.device)
         sync = nullcontext() if not isinstance(self.ddp, DistributedDataParallel) or last else self.ddp.no_sync()
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
         with sync:
-            with amp:
+            with autocast(self.dd.device, self.precision):
                 loss = self.ddp(images, gen)
             (loss / self.schedule.accum).backward()
         return loss.detach()
