@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -264,7 +266,7 @@ def predict_bins(
             for b in found.bins:
                 try:
                     data = _read_bin(tree, b)
-                except (BinError, PlanktonError, OSError) as exc:
+                except (BinError, PlanktonError, OSError, zipfile.BadZipFile, zlib.error) as exc:  # damaged: skip
                     reason = " ".join(str(exc).split())
                     log.warning("skipping bin %s%s: %s", b.bin_id, _in(b.folder), reason)
                     skipped.append((b.bin_id, b.folder, reason))
