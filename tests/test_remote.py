@@ -243,6 +243,14 @@ def test_pretraining_from_s3_gives_the_local_batches_and_losses(store, tmp_path)
             assert r.exit_code == 0, r.output
             runs[label] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert len(runs["s3"]) == 3 and runs["s3"] == runs["local"]
+        out = tmp_path / "resumed"
+        r = CliRunner().invoke(
+            app, [*args[:2], _url("alpha"), "--out", str(out), *args[5:], "--seed", "3", "--stop-after", "2"]
+        )
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(app, ["pretrain", "--resume", str(out), "--shard-set", _url("alpha"), "--workers", "0"])
+        assert r.exit_code == 0, r.output
+        assert [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()] == runs["local"]
         cached = localize(_url("alpha"))
         streams = [ShardStream(folder, 4, out_size=32, seed=3, epochs=1) for folder in (s.folder, cached)]
         batches = [list(stream) for stream in streams]
@@ -296,3 +304,38 @@ def test_an_http_folder_is_read_through_the_cache(store, _cache):
         assert verify(local) == []  # the manifest came along, to its place beside shards/
     finally:
         server.shutdown()
+
+
+def test_finetune_and_predict_through_the_cli_from_s3_equal_the_local_runs(store, tmp_path):
+    torch = pytest.importorskip("torch")
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from plankton_train.cli.main import app
+
+    s, runner = store["sets"]["beta"], CliRunner()
+    splits = tmp_path / "splits.parquet"
+    assert runner.invoke(app, ["splits", str(s.manifest), "--out", str(splits)]).exit_code == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tables = {}
+        for label, root, folder in (("local", str(s.root), str(s.folder)), ("s3", f"{ROOT}/shards", _url("beta"))):
+            run = tmp_path / label
+            args = ["finetune", "--manifest", str(s.manifest), "--shards", root, "--splits", str(splits)]
+            args += ["--init", "random", "--arch", "vit_tiny_patch16_224", "--img-size", "32", "--resize", "36"]
+            args += ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+            r = runner.invoke(app, [*args, "--out", str(run)])
+            assert r.exit_code == 0, r.output
+            r = runner.invoke(
+                app, ["predict", str(run), folder, "--out", str(tmp_path / f"{label}.csv"), "--device", "cpu"]
+            )
+            assert r.exit_code == 0, r.output
+            tables[label] = pd.read_csv(tmp_path / f"{label}.csv")
+        metrics = [json.loads((tmp_path / label / "metrics.json").read_text()) for label in ("local", "s3")]
+        for m in metrics:
+            del m["seconds"]
+        assert metrics[0] == metrics[1] and "accuracy" in metrics[0]
+        assert len(tables["s3"]) == 36 and tables["s3"].equals(tables["local"])
+    finally:
+        torch.set_num_threads(threads)
