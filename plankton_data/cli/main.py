@@ -24,7 +24,7 @@ from plankton_data.cli._options import ImageFormat, ManifestsOpt, RichProgress, 
 from plankton_data.cli.own_data import own_source
 from plankton_data.errors import PlanktonDataError, PlanktonError
 from plankton_data.ingest import IngestReport, ingest
-from plankton_data.ingest.adapters import DATASET_IDS, SOURCE_KINDS, list_adapters, list_sources
+from plankton_data.ingest.adapters import DATASET_IDS, SOURCE_KINDS, list_adapters, list_sources, make_source
 from plankton_data.ingest.limits import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_MEMBER_MB, Limits
 from plankton_data.ingest.parts import Part, merge
 from plankton_data.ingest.preprocess import PreprocessConfig
@@ -303,16 +303,22 @@ def demo_cmd(
     ] = Path("sample_data"),
     workers: WorkersOpt = 0,
 ) -> None:
-    """Generate small raw archives of all seven datasets in their published layouts, then ingest each.
+    """Generate small raw archives of all seven datasets in their published layouts and samples of the four kinds
+    of your own data (raw/own/: a folder, a table, an EcoTaxa export, IFCB bins), then ingest each.
 
     Example: plankton-data demo --out sample_data
     """
     from plankton_data.fixtures import write_all
+    from plankton_data.fixtures.own_data import OWN_FIXTURES
 
-    raws = write_all(out_dir / "raw")
+    raws: dict = dict(write_all(out_dir / "raw"))
+    sources: dict = {}
+    for kind, builder in OWN_FIXTURES.items():
+        raws[f"my_{kind}"], options = builder(out_dir / "raw" / "own", 0)
+        sources[f"my_{kind}"] = make_source(kind, f"my_{kind}", **options)
     for dataset, fixture in raws.items():
         report = ingest(
-            dataset,
+            sources.get(dataset, dataset),
             fixture.raw,
             shards_root=out_dir / "shards",
             manifests_root=out_dir / "manifests",
@@ -325,7 +331,10 @@ def demo_cmd(
                 f"got {report.samples} / {report.rejects}"
             )
     where = escape(str(out_dir))
-    out.print(f"[green]✓[/] all {len(raws)} datasets ingested into {where}/shards and {where}/manifests")
+    out.print(
+        f"[green]✓[/] {len(raws) - len(sources)} datasets and {len(sources)} samples of your own data ingested into"
+        f" {where}/shards and {where}/manifests"
+    )
 
 
 shard_cli.register(app)
