@@ -224,6 +224,48 @@ def test_eviction_removes_whole_unused_sets_least_recently_used_first(store, _ca
     assert (gamma / "index.json").is_file()
 
 
+def test_a_new_version_replaces_the_cached_copy_only_when_nobody_reads_it(store, _cache, tmp_path):
+    s = store["sets"]["alpha"]
+    url = f"s3://{BUCKET}/versions/shards/alpha"
+    upload(s.folder, f"s3://{BUCKET}/versions", manifest=s.manifest)
+    local = localize(url)  # this process now reads version 1
+    v2 = make_shard_folder(tmp_path / "v2", name="alpha", seed=7)
+    upload(v2.folder, f"s3://{BUCKET}/versions", manifest=v2.manifest)
+    r = _script("plankton-data", "verify", url)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"error: the store holds a new version of {url} but another process is reading")
+    assert (local / "index.json").read_bytes() == (s.folder / "index.json").read_bytes()  # untouched
+    remote.release()  # this process is done with version 1
+    r = _script("plankton-data", "verify", url)
+    assert r.returncode == 0, r.stderr
+    assert (local / "index.json").read_bytes() == (v2.folder / "index.json").read_bytes()
+    for p in v2.folder.iterdir():
+        assert (local / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_new_index_over_the_same_tars_fetches_no_tar(store, _cache, tmp_path, caplog):
+    import shutil
+    from dataclasses import replace
+
+    from plankton_data.format.index import write_index
+
+    s = store["sets"]["beta"]
+    copy = tmp_path / "copy"
+    shutil.copytree(s.root.parent, copy)
+    folder = copy / "shards" / "beta"
+    write_index(replace(read_index(folder), args={"note": "re-indexed"}), folder)  # same tars, other index bytes
+    url = f"s3://{BUCKET}/reindexed/shards/beta"
+    upload(s.folder, f"s3://{BUCKET}/reindexed", manifest=s.manifest)
+    local = localize(url)
+    remote.release()
+    upload(folder, f"s3://{BUCKET}/reindexed")
+    with caplog.at_level("INFO", logger="werkzeug"):
+        caplog.clear()
+        assert localize(url) == local
+    assert not [r for r in caplog.records if re.search(r'"GET /\S+\.tar HTTP', r.getMessage())]
+    assert (local / "index.json").read_bytes() == (folder / "index.json").read_bytes()
+
+
 def test_pretraining_from_s3_gives_the_local_batches_and_losses(store, tmp_path):
     torch = pytest.importorskip("torch")
     from typer.testing import CliRunner

@@ -25,8 +25,10 @@ Guarantees:
 * Several processes (DDP ranks on one node) localizing one set: one downloads, holding ``output_lock`` on the
   cached folder; the others wait for it and then find the set complete.
 * A process that localized a set holds a shared ``flock`` on ``.NAME.inuse`` beside it until it exits (a
-  *lease*; forked DataLoader workers share it). Eviction takes that lock exclusively, so it removes only sets no
-  living process uses, least recently localized first, whole sets (index.json first).
+  *lease*; forked DataLoader workers share it), taken under the writer lock. Eviction needs the writer lock and
+  the lease exclusively, so it removes only sets nobody is fetching or reading, least recently localized first,
+  whole sets (index.json first). A new version on the store replaces the cached copy only when no other process
+  reads it; otherwise that is one :class:`RemoteError` line (a running training never loses its files).
 * An unreachable store, missing credentials or a missing fsspec backend: one :class:`RemoteError` line, fast
   (one connection attempt, 10 s connect timeout).
 
@@ -185,15 +187,32 @@ def _lease_path(folder: Path) -> Path:
 
 
 def _take_lease(folder: Path) -> None:
-    """Hold the shared in-use lock of the cached ``folder`` until this process exits (idempotent); marks it used."""
+    """Hold the shared in-use lock of the cached ``folder`` until this process exits (idempotent); marks it used.
+
+    Taken under the folder's writer lock, which an evictor or an updater holds too: it never has to wait.
+    """
     path = _lease_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if folder not in _LEASES:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process is evicting this very set
+            fcntl.flock(fd, fcntl.LOCK_SH)
         _LEASES[folder] = fd
     os.utime(path)  # the LRU clock
+
+
+def _unused(folder: Path) -> bool:
+    """Whether no process holds a lease on the cached ``folder`` (call with its writer lock held, so none can
+    take one meanwhile; forked DataLoader workers of this process count as users)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return True
+    fd = os.open(_lease_path(folder), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # drops the probe's lock too
 
 
 def release(folder: Path | str | None = None) -> None:
@@ -236,14 +255,15 @@ def _cached_sets(cache_dir: Path) -> list[_Cached]:
 
 
 def _evict(cached: _Cached) -> bool:
-    """Remove one cached set if no process holds its lease; index.json first, so it never looks complete."""
-    fd = os.open(cached.lease, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
+    """Remove one cached set if nobody is fetching it (its writer lock is free) and no process holds its lease;
+    index.json first, so it never looks complete."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(output_lock(cached.folder, tool="plankton cache"))
+        except OutputLocked:
+            return False
+        if not _unused(cached.folder):
+            return False
         manifest = _cached_manifest(cached.folder)
         (cached.folder / INDEX_NAME).unlink(missing_ok=True)
         if manifest is not None:
@@ -251,8 +271,6 @@ def _evict(cached: _Cached) -> bool:
         shutil.rmtree(cached.folder, ignore_errors=True)
         log.info("cache: evicted %s (%.1f MB)", cached.folder, cached.bytes / 1e6)
         return True
-    finally:
-        os.close(fd)
 
 
 def make_room(cache_dir: Path, *, keep: Path, need: int, max_bytes: int) -> None:
@@ -376,12 +394,20 @@ def localize(url_or_path: Path | str, *, cache_dir: Path | str | None = None, ma
     local = cache_folder(url, cache)
     fs, rpath = _filesystem(url)
     raw = _read_text(fs, f"{url}/{INDEX_NAME}", f"{rpath}/{INDEX_NAME}")
-    _take_lease(local)
     with ExitStack() as stack:
         _wait_for_lock(stack, local)
+        _lease_path(local).touch()  # makes even a folder whose first fetch is killed visible to eviction
         cached = local / INDEX_NAME
         if cached.is_file() and cached.read_bytes() == raw:
+            _take_lease(local)
             return local
+        if cached.is_file():  # the store holds another version of the set: replace the cached one, if unused
+            release(local)
+            if not _unused(local):
+                raise RemoteError(
+                    f"the store holds a new version of {url} but another process is reading the cached copy in "
+                    f"{local}; wait for it to finish, or set {ENV_CACHE} to another folder"
+                )
         cached.unlink(missing_ok=True)  # from here on the folder is incomplete until the new index lands
         local.mkdir(parents=True, exist_ok=True)
         probe = atomic.write_bytes(local.with_name(f".{local.name}.index-remote.json"), raw, fsync=False)
@@ -407,6 +433,7 @@ def localize(url_or_path: Path | str, *, cache_dir: Path | str | None = None, ma
         _parallel([partial(_fetch_shard, fs, url, rpath, local, s) for s in missing])
         _fetch_manifest(fs, url, index, cache)
         atomic.write_bytes(cached, raw)
+        _take_lease(local)
         log.info("cache: fetched %s in %.1f s", url, time.perf_counter() - t0)
         return local
 
