@@ -330,9 +330,12 @@ def test_an_unreachable_store_is_one_fast_line(store, _cache):
 
 def test_an_http_folder_is_read_through_the_cache(store, _cache):
     base, s = store["base"], store["sets"]["alpha"]
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(base))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(base)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/shards/alpha"
