@@ -186,7 +186,7 @@ def stats_cmd(
 
     Example: plankton-data stats no_daplankton --json
     """
-    if remote := is_remote(target) or is_remote(shards):  # a set on a store: its cached folder (and manifest)
+    if remote := is_remote(target) or (is_remote(shards) and not target.endswith(".parquet")):  # a set on a store
         target = str(localize(target if is_remote(target) else f"{shards.rstrip('/')}/{target}"))
     summary = summarize(target, "shards" if remote else shards, manifests)
     if as_json:
