@@ -186,6 +186,20 @@ def test_merge_refuses_missing_or_mismatched_parts(singles, tmp_path):
     assert isinstance(PartError("x"), PlanktonError)  # the CLIs print it as one line
 
 
+def test_merge_refuses_parts_of_another_version(singles, tmp_path):
+    from dataclasses import replace
+
+    from plankton_data.format.index import write_index
+
+    raw = singles["zoolake"][0]
+    for i in range(2):
+        _ingest("zoolake", raw, tmp_path, Part(i, 2))
+    folder = tmp_path / "shards" / "zoolake.part-1-of-2" / "zoolake"
+    write_index(replace(read_index(folder), version="0.0.1"), folder)
+    with pytest.raises(PartError, match=r"part 1/2 of zoolake differs from part 0/2 in version"):
+        merge("zoolake", shards_root=tmp_path / "shards", manifests_root=tmp_path / "manifests")
+
+
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(PD), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 

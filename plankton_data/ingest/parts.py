@@ -231,13 +231,14 @@ def _load_parts(dataset: str, shards_root: Path, manifests_root: Path) -> list[_
                 f"(run plankton-data ingest {dataset} --part {i}/{n}, or wait for it to finish)"
             )
         parts.append(_read_part(part, root, mroot, folder))
-    first = parts[0].header
+    first = {**parts[0].header, "version": parts[0].index.version}
     for p in parts[1:]:
-        if p.header != {**first, "part": p.part.index}:
-            diff = sorted(k for k in first if k != "part" and p.header.get(k) != first[k])
+        mine = {**p.header, "version": p.index.version}
+        if mine != {**first, "part": p.part.index}:
+            diff = sorted(k for k in first if k != "part" and mine.get(k) != first[k])
             raise PartError(
                 f"parts of different plans: part {p.part.index}/{n} of {dataset} differs from part 0/{n} in "
-                f"{', '.join(diff)} (ingested from other inputs or with other settings); rerun it with the same ones"
+                f"{', '.join(diff)} (other inputs, settings or plankton-data version); rerun it with the same ones"
             )
     for kind, total, arrays in (
         ("records", first["records"], [p.positions for p in parts]),
