@@ -155,7 +155,7 @@ def test_ecotaxa_status_rule_type_row_and_legend(tmp_path):
 
 
 def test_the_chain_takes_a_user_dataset(tmp_path):
-    """shard --include NAME, verify, stats, preview, and plankton-train splits on manifests/NAME.parquet."""
+    """shard --include NAME, verify, stats, preview, and plankton-train splits, finetune and predict on it."""
     fx, _ = OWN_FIXTURES["folder"](tmp_path / "raw", 0)
     base = ["--shards", str(tmp_path / "shards"), "--manifests", str(tmp_path / "manifests")]
     res = _cli("ingest", "folder", "--raw", str(fx.raw), "--name", "lab_scope", "--size", "64", *base)
@@ -186,6 +186,23 @@ def test_the_chain_takes_a_user_dataset(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert len(pd.read_parquet(out)) > 0
+    run = tmp_path / "run"
+    args = [
+        "finetune",
+        "--manifest",
+        str(tmp_path / "manifests/lab_scope.parquet"),
+        "--shards",
+        str(tmp_path / "shards"),
+    ]
+    args += ["--splits", str(out), "--init", "random", "--arch", "vit_tiny_patch16_224", "--img-size", "32"]
+    args += ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(run)]
+    res = subprocess.run([train, *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    classes = json.loads((run / "classifier.json").read_text())["classes"]
+    assert sorted(classes) == ["bosmina", "daphnia", "keratella"]  # the user's folder names, normalised
+    res = subprocess.run([train, "predict", str(run), str(fx.raw), "--out", str(tmp_path / "p.csv")], text=True)
+    assert res.returncode == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 10  # every decodable image of the folder
 
 
 def _bad_bins(tmp_path: Path) -> Path:
