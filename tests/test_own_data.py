@@ -154,6 +154,7 @@ def test_ecotaxa_status_rule_type_row_and_legend(tmp_path):
     assert rows == [{"img_file_name": "a.jpg", "object_id": "1"}]
 
 
+@pytest.mark.slow
 def test_the_chain_takes_a_user_dataset(tmp_path):
     """shard --include NAME, verify, stats, preview, and plankton-train splits, finetune and predict on it."""
     fx, _ = OWN_FIXTURES["folder"](tmp_path / "raw", 0)
