@@ -1,12 +1,12 @@
-"""MAE pretraining throughput on one GPU: images/s, model FLOP utilisation (MFU) and data-wait share.
+"""MAE pretraining throughput of one model on one GPU: images/s, MFU and data-wait share, as one JSON line.
 
-Runs the real training loop (:func:`plankton_train.pretrain.run_pretrain`: stream loader, bf16 autocast,
-fused AdamW, gradient accumulation to the paper's effective batch 4096) from a shard folder for a few
-metric windows, discards the first (worker start-up, kernel selection) and reports medians of the rest.
-FLOPs per image come from ``torch.utils.flop_counter`` on one forward+backward of the same model; MFU is
-achieved FLOP/s over the GPU's dense bf16 peak. Issue 4 bar: >= 2,000 images/s on one H100, data-wait < 5 %.
+A single row of :mod:`gpu_check` (``benchmarks/gpu_check.sh`` prints the whole table: ViT-L/16 and ViT-B/16,
+eager and compiled, fine-tuning): the real training loop (:func:`plankton_train.pretrain.run_pretrain`: stream
+loader, bf16 autocast, fused AdamW, gradient accumulation) from a shard folder for a few metric windows, the first
+discarded. FLOPs per image and the peak table are :mod:`gpu_check`'s. Goal (issue 14): >= 2,000 images/s on one
+H100/H200 for ViT-L/16 (>= 25 % MFU), data wait < 5 %.
 
-    python benchmarks/bench_pretrain_gpu.py --shard-set runs/bench_loader/shards/kaggle --workers 14
+    python benchmarks/bench_pretrain_gpu.py --shard-set shards/no_daplankton --workers 14 [--compile]
 
 Without a GPU it says so and runs a tiny CPU smoke test of the same path (exit status 0).
 """
@@ -15,57 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-#: Dense bf16 peak FLOP/s by device-name substring (vendor datasheets), most specific first.
-PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def flops_per_image(model_name: str, device, batch: int = 8) -> float:
-    """Forward + backward FLOPs of one image through the MAE (75 % masked), counted by torch."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from plankton_train.models.mae import build_mae
-
-    model = build_mae(model_name).to(device)
-    images = torch.randn(batch, 1, model.cfg.img_size, model.cfg.img_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        model(images).backward()
-    return counter.get_total_flops() / batch
-
-
-def peak_flops(name: str, override: float | None) -> float | None:
-    if override:
-        return override * 1e12
-    return next((peak for key, peak in PEAKS if key in name), None)
-
-
-def run(args: argparse.Namespace, model: str, batch: int, eff_batch: int, steps: int, log_every: int) -> dict:
-    """Train ``steps`` optimiser steps into a temporary run folder; medians of all but the first window."""
-    from plankton_train.pretrain import PretrainConfig, run_pretrain
-
-    records: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
-        cfg = PretrainConfig(
-            shards=str(args.shards),
-            out=tmp,
-            model=model,
-            batch_size=batch,
-            eff_batch=eff_batch,
-            steps=steps,
-            warmup_steps=steps // 4,
-            workers=args.workers,
-            log_every=log_every,
-            ckpt_every=0,
-        )
-        run_pretrain(cfg, on_event=lambda r: records.append(r) if r["event"] == "log" else None)
-    timed = records[1:] or records
-    return {key: statistics.median(r[key] for r in timed) for key in ("images_per_s", "data_wait", "gpu_mem_gb")}
+from gpu_check import mae_flops, peak_flops, pretrain_row  # noqa: E402  (a sibling script, not a package)
 
 
 def main() -> int:
@@ -77,6 +32,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=14, help="loader processes")
     ap.add_argument("--windows", type=int, default=4, help="metric windows (the first is discarded)")
     ap.add_argument("--window-steps", type=int, default=3, help="optimiser steps per window")
+    ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    ap.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
     ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak if the GPU is not in the table")
     args = ap.parse_args()
     if not (args.shards / "index.json").is_file():
@@ -85,35 +42,33 @@ def main() -> int:
 
     import torch
 
-    if not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if not cuda:
         print("no GPU: running a tiny CPU smoke test of the same path instead (figures are not GPU figures)")
-        figures = run(args, "mae_test", 8, 16, 4, 1)
-        print(json.dumps({"device": "cpu", "model": "mae_test", **figures}))
-        return 0
-
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    per_image = flops_per_image(args.model, device)
-    torch.cuda.empty_cache()
-    steps = args.windows * args.window_steps
-    figures = run(args, args.model, args.batch, args.eff_batch, steps, args.window_steps)
-    peak = peak_flops(name, args.peak_tflops)
-    achieved = per_image * figures["images_per_s"]
-    summary = {
-        "device": name,
-        "model": args.model,
-        "batch": args.batch,
-        "eff_batch": args.eff_batch,
-        "workers": args.workers,
-        "images_per_s": round(figures["images_per_s"], 1),
-        "data_wait": round(figures["data_wait"], 4),
-        "gflops_per_image": round(per_image / 1e9, 1),
-        "achieved_tflops": round(achieved / 1e12, 1),
-        "mfu": round(achieved / peak, 4) if peak else None,
-        "gpu_mem_gb": round(figures["gpu_mem_gb"], 1),
-    }
-    print(json.dumps(summary))
+        model, geometry = "mae_test", dict(batch=8, eff_batch=16, windows=4, window_steps=1)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        model = args.model
+        geometry = dict(
+            batch=args.batch, eff_batch=args.eff_batch, windows=args.windows, window_steps=args.window_steps
+        )
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    flops = mae_flops(model, device, args.precision)
+    if cuda:
+        torch.cuda.empty_cache()
+    row = pretrain_row(
+        model,
+        shard_set=args.shards,
+        model=model,
+        precision=args.precision,
+        compile_backend="inductor" if args.compile else None,
+        workers=args.workers if cuda else min(args.workers, 1),
+        flops=flops,
+        peak=peak_flops(name, args.peak_tflops) if cuda else None,
+        **geometry,
+    )
+    print(json.dumps({"device": name, "precision": args.precision, "compile": args.compile, **row.as_dict()}))
     return 0
 
 
