@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -269,6 +270,9 @@ class StreamLoader:
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.position = 0  # global batch number of the next batch
         self.corrupt_count = 0
+        if num_workers:  # start the workers' forkserver now: its imports (torch: seconds) overlap the caller's
+            _worker_context()  # set-up, e.g. building the model, instead of delaying the first batch
+            multiprocessing.forkserver.ensure_running()
 
     @property
     def epoch(self) -> int:
