@@ -27,10 +27,10 @@ tiny-ViT fine-tune pass in fp32 eager and bf16 compiled. Compiled smoke rows use
 (dynamo capture, graph breaks, AOT autograd; inductor's cold C++ compilation alone takes a minute on 2 cores,
 ``tests/train/test_precision.py`` runs inductor itself). CPU rows have no MFU or GPU memory (``-``).
 
-Without ``--shard-set`` the data is generated: the Kaggle and ZooLake sample fixtures (``plankton_data.fixtures``)
-ingested at 256 px (40 px in smoke mode), one shard set of both for pretraining, the Kaggle manifest with
-5-fold splits for fine-tuning. ``--shard-set`` pretrains on a real set instead (fine-tuning still uses the
-fixtures unless ``--manifest``/``--shards-root``/``--splits`` are given).
+The data is generated (in ``--work``, reused when there): the Kaggle and ZooLake sample fixtures
+(``plankton_data.fixtures``; about 3,000 images, 76 in smoke mode) ingested at 256 px (40 px in smoke mode), one
+shard set of both for pretraining, the Kaggle manifest with 5-fold splits for fine-tuning. ``--shard-set``
+pretrains on a real shard set instead (fine-tuning keeps the generated Kaggle cell).
 
     bash benchmarks/gpu_check.sh              # on a GPU: the table, under 8 minutes on one H100/H200
     bash benchmarks/gpu_check.sh --smoke      # on a CPU: the same code paths
@@ -184,8 +184,11 @@ def make_data(work: Path, *, smoke: bool, workers: int) -> Data:
     from plankton_train.protocol.splits import SplitConfig, splits_from_manifest, write_splits
 
     shards, manifests = work / "shards", work / "manifests"
-    scale, size, per_shard = (2, 40, 16) if smoke else (60, 256, 200)  # about 76 and 2,300 images
-    for dataset in ("kaggle", "zoolake"):
+    # smoke: 56 + 20 images at 40 px; GPU: 2,800 + 200 at 256 px (fine-tuning: about 1,900 training images)
+    scales, size, per_shard = (
+        ({"kaggle": 2, "zoolake": 2}, 40, 16) if smoke else ({"kaggle": 100, "zoolake": 20}, 256, 250)
+    )
+    for dataset, scale in scales.items():
         if not (shards / dataset / INDEX_NAME).is_file():
             raw = write_fixture(dataset, work / "raw", scale=scale).raw
             ingest(
