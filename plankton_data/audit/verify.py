@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -75,8 +76,8 @@ def verify(path: Path | str, manifest: Path | str | None = None) -> list[Problem
     rows, manifest_problems = _manifest_rows(folder, index, Path(manifest) if manifest else None)
     problems += manifest_problems
     for info in index.shards:
-        problems += _check_shard(folder / info.name, info, rows.pop(info.name, {}), index.image_format)
-    problems += [Problem(shard, "", "manifest rows point to a tar not listed in index.json") for shard in rows]
+        problems += _check_shard(folder / info.name, info, rows.pop(info.name), index.image_format)
+    problems += [Problem(shard, "", "manifest rows point to a tar not listed in index.json") for shard in rows.left()]
     return problems
 
 
@@ -94,17 +95,44 @@ class Row:
     fields: dict  # the row's values of JSON_FIELDS
 
 
-def _manifest_rows(
-    folder: Path, index: ShardIndex, manifest: Path | None
-) -> tuple[dict[str, dict[str, Row]], list[Problem]]:
-    """Manifest rows grouped by tar name: ``{tar: {key: Row}}``."""
+class _TarRows:
+    """The manifest's rows grouped by tar name, made into :class:`Row` objects one tar at a time.
+
+    Only the row numbers of each tar are kept (8 bytes a row): Python objects for every row of a 443k-sample
+    manifest at once cost about 2 KB a sample (``benchmarks/bench_scale.py``), one tar's rows a few MB.
+    """
+
+    def __init__(self, table: pa.Table | None = None, fields: Sequence[str] = ()) -> None:
+        self.table, self.fields = table, list(fields)
+        self.groups: dict[str, np.ndarray] = {}
+
+    def pop(self, tar: str) -> dict[str, Row]:
+        """``{key: Row}`` of the rows that point at ``tar`` (in manifest order), forgotten afterwards."""
+        idx = self.groups.pop(tar, None)
+        if idx is None or self.table is None:
+            return {}
+        rows = pa.array(idx)
+        cols = [self.table.column(c).take(rows).to_pylist() for c in ("key", "offset", "length", "image_sha256")]
+        cols += [self.table.column(c).take(rows).to_pylist() for c in self.fields]
+        return {
+            key: Row(offset, length, sha, dict(zip(self.fields, values, strict=True)))
+            for key, offset, length, sha, *values in zip(*cols, strict=True)
+        }
+
+    def left(self) -> list[str]:
+        """Tars the rows not popped yet point at."""
+        return list(self.groups)
+
+
+def _manifest_rows(folder: Path, index: ShardIndex, manifest: Path | None) -> tuple[_TarRows, list[Problem]]:
+    """Manifest rows grouped by tar name (:class:`_TarRows`)."""
     path = manifest or manifest_path(folder, index)
     if path is None:
-        return {}, [Problem("", "", f"no manifest found for {index.name} (pass it explicitly)")]
+        return _TarRows(), [Problem("", "", f"no manifest found for {index.name} (pass it explicitly)")]
     try:
         table = read_manifest(path)
     except PlanktonDataError as exc:
-        return {}, [Problem("", "", str(exc))]
+        return _TarRows(), [Problem("", "", str(exc))]
     problems = []
     plan = (pq.read_schema(path).metadata or {}).get(b"plankton_plan", b"").decode()
     if index.kind == "shardset" and plan != index.args.get("plan"):
@@ -121,15 +149,19 @@ def _manifest_rows(
     if mismatch := manifest_mismatch(index, path):
         problems.append(Problem("", "", mismatch))
     problems += _stats_problems(index, table, path)
-    grouped: dict[str, dict[str, Row]] = {}
-    fields = [c for c in JSON_FIELDS if c in table.column_names]
-    cols = [table.column(c).to_pylist() for c in ("shard", "key", "offset", "length", "image_sha256", *fields)]
-    for shard, key, offset, length, sha, *values in zip(*cols, strict=True):
+    grouped = _TarRows(table, [c for c in JSON_FIELDS if c in table.column_names])
+    shards = table.column("shard").combine_chunks().dictionary_encode()
+    codes = shards.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")  # row numbers tar by tar, each tar's in manifest order
+    bounds = np.searchsorted(codes[order], np.arange(len(shards.dictionary) + 1))
+    for i, shard in enumerate(shards.dictionary.to_pylist()):
+        idx = order[bounds[i] : bounds[i + 1]]
         parent, _, name = shard.rpartition("/")
         if parent != folder.name:
-            problems.append(Problem(shard, key, f"manifest row points outside {folder.name}/"))
+            keys = table.column("key").take(pa.array(idx)).to_pylist()
+            problems += [Problem(shard, key, f"manifest row points outside {folder.name}/") for key in keys]
             continue
-        grouped.setdefault(name, {})[key] = Row(offset, length, sha, dict(zip(fields, values, strict=True)))
+        grouped.groups[name] = idx
     return grouped, problems
 
 
