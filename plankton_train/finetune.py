@@ -41,7 +41,7 @@ from plankton_train.data.labelled import (
     make_loader,
     manifest_rows,
 )
-from plankton_train.engine.device import compile_errors, compile_model, resolve_device
+from plankton_train.engine.device import check_compile, compile_errors, compile_model, resolve_device
 from plankton_train.engine.finetune_loop import EpochSchedule, fit, predict_probs
 from plankton_train.engine.optim import clamp_warmup, layer_decay_groups
 from plankton_train.engine.precision import precision_problem, resolve_precision
@@ -201,6 +201,8 @@ def finetune(cell: Cell, *, encoder: EncoderSpec, recipe: Recipe, out: Path | st
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     recipe = replace(recipe, precision=resolve_precision(recipe.precision, device.type))  # recorded resolved
+    if recipe.compile:  # before any data is read: a machine where inductor cannot work fails at once
+        check_compile(device, recipe.compile_backend, FinetuneError)
     loaders, classes, dataset_stats = _loaders(cell, recipe)
     if "img_size" not in encoder.model_kwargs:  # the network's input side follows the recipe, for every init
         encoder = replace(encoder, model_kwargs={**encoder.model_kwargs, "img_size": recipe.img_size})

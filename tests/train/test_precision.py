@@ -180,3 +180,15 @@ def test_cli_precision_choices_and_help(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "fp16" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_finetune_compile_without_a_cxx_compiler_fails_before_training(tmp_path, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    cell = Cell(tmp_path / "m.parquet", tmp_path, tmp_path / "s.parquet", "g")  # never read: the check comes first
+    with pytest.raises(FinetuneError, match=r"--compile cannot work here: inductor needs a C\+\+ compiler"):
+        finetune(
+            cell, encoder=EncoderSpec(init="random"), recipe=Recipe(compile=True, device="cpu"), out=tmp_path / "o"
+        )
+    assert not (tmp_path / "o" / "history.csv").exists()
