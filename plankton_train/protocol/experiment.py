@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,9 @@ def _check_settings(exp: Experiment, path: Path) -> None:
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
     if path.is_file():
         old = json.loads(path.read_text())
+        # a recipe field added since the folder was written counts as its default (what those runs used)
+        defaults = json.loads(json.dumps({f.name: f.default for f in fields(Recipe) if f.default is not MISSING}))
+        old["recipe"] = {**{k: v for k, v in defaults.items() if k not in old["recipe"]}, **old["recipe"]}
         if old["recipe"] != settings["recipe"]:
             changed = sorted(k for k in settings["recipe"] if old["recipe"].get(k) != settings["recipe"][k])
             raise ExperimentError(f"{path.parent} holds results of another recipe (differs in {changed}): new --out")

@@ -323,6 +323,11 @@ def test_experiment_grid_is_resumable_and_reports(tmp_path: Path, synthetic_shar
     assert len(run_experiment(wider)) == 5
     settings = json.loads((tmp_path / "out" / "experiment.json").read_text())
     assert sorted(settings["models"]) == ["scratch", "scratch2", "scratch3"] and settings["recipe"]["epochs"] == 1
+    # a folder written before a recipe field existed: the missing field counts as its default
+    for key in ("precision", "compile"):
+        del settings["recipe"][key]
+    (tmp_path / "out" / "experiment.json").write_text(json.dumps(settings))
+    assert len(run_experiment(wider)) == 5
     r = runner.invoke(app, ["report", str(tmp_path / "out" / "results.csv"), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "confusion" / "synthetic-synthetic__scratch__10pct.png").is_file()
