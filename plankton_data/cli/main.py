@@ -82,7 +82,7 @@ def render_report(report: IngestReport, max_classes: int = 40) -> None:
         out.print(f"  {n:>6,} × {escape(reason)}")
     rate = report.samples / report.seconds if report.seconds else 0.0
     out.print(
-        f"[green]✓[/] {report.samples:,} samples, {report.rejects:,} rejects, {report.skipped:,} skipped files"
+        f"[green]✓[/] {report.samples:,} samples, {report.rejects:,} rejects, {report.skipped:,} skipped"
         f" → {report.shards} shards ({report.bytes / 1e6:,.1f} MB) in {escape(str(report.shard_dir))}"
         f"  [dim]{report.seconds:.1f} s, {rate:,.0f} img/s"
         + (f", {report.resumed_shards} shards resumed" if report.resumed_shards else "")
