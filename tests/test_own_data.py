@@ -90,8 +90,9 @@ def test_folder_labels_levels_zip_and_unlabelled(tmp_path):
     # one level up: the year folders
     _ingest("folder", fx.raw, tmp_path / "b", label_level=2)
     assert set(pd.read_parquet(tmp_path / "b/manifests/my_folder.parquet").label_raw) == {"2023", "2024"}
-    _ingest("folder", fx.raw, tmp_path / "c", unlabelled=True)
-    assert (pd.read_parquet(tmp_path / "c/manifests/my_folder.parquet").label_raw == "").all()
+    _ingest("folder", fx.raw, tmp_path / "c", unlabelled=True, strip_legend=True)
+    c = pd.read_parquet(tmp_path / "c/manifests/my_folder.parquet")
+    assert (c.label_raw == "").all() and all(json.loads(p)["steps"][0] == "zooprocess_legend" for p in c.preprocess)
     # the same images in a zip: the same labels and pixels
     archive = tmp_path / "mine.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -130,7 +130,7 @@ def ingest_cmd(
         str | None, typer.Option(help="ecotaxa: 'validated' keeps only validated objects.", rich_help_panel=_OWN)
     ] = None,
     strip_legend: Annotated[
-        bool, typer.Option(help="ecotaxa: remove the ZooProcess '1 mm' legend.", rich_help_panel=_OWN)
+        bool, typer.Option(help="ecotaxa/folder: remove the ZooProcess '1 mm' legend.", rich_help_panel=_OWN)
     ] = False,
     labels: Annotated[
         Path | None, typer.Option(help="ifcb: CSV of file_name,class_name labelling ROIs.", rich_help_panel=_OWN)

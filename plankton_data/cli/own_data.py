@@ -20,7 +20,7 @@ DEFAULTS: dict[str, object] = {
 }
 #: The options each kind of source takes (their names as the source classes take them).
 TAKES: dict[str, tuple[str, ...]] = {
-    "folder": ("label_level", "unlabelled", "instrument"),
+    "folder": ("label_level", "unlabelled", "strip_legend", "instrument"),
     "csv": ("path_column", "label_column", "root", "instrument"),
     "ecotaxa": ("status", "strip_legend", "unlabelled", "instrument"),
     "ifcb": ("labels", "instrument"),

@@ -17,22 +17,31 @@ KIND = SourceInfo(
     title="Folder of images",
     raw_hint="a folder or a zip of images at any depth (folder symlinks followed once)",
     labels="the image's parent folder name (--label-level 2: the folder above it), or none with --unlabelled",
-    options="--label-level N, --unlabelled, --instrument TEXT",
+    options="--label-level N, --unlabelled, --strip-legend (ZooProcess vignettes), --instrument TEXT",
 )
 
 
 class FolderSource:
     kind = KIND
 
-    def __init__(self, name: str, *, label_level: int = 1, unlabelled: bool = False, instrument: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        label_level: int = 1,
+        unlabelled: bool = False,
+        strip_legend: bool = False,
+        instrument: str = "",
+    ) -> None:
         if label_level < 1:
             raise ValueError(f"label level must be 1 (the parent folder) or more, not {label_level}")
-        self.label_level, self.unlabelled = label_level, unlabelled
+        self.label_level, self.unlabelled, self.strip_legend = label_level, unlabelled, strip_legend
         self.info = own_info(name, KIND, instrument)
 
     @property
     def options(self) -> dict:
-        return {"label_level": self.label_level, "unlabelled": self.unlabelled}
+        options = {"label_level": self.label_level, "unlabelled": self.unlabelled}
+        return options | ({"strip_legend": True} if self.strip_legend else {})  # older plans stay the same
 
     def label_of(self, path: str) -> str:
         """The label of the image at virtual path ``path``: the folder ``label_level`` up, or ``""`` (unlabelled)
@@ -49,5 +58,6 @@ class FolderSource:
             if not is_image(m.path):
                 scan.skip(m.path, "not an image (by its extension: jpg, jpeg, png, tif, tiff, bmp)")
                 continue
-            scan.records.append(RawRecord(m.path, m, self.label_of(m.path), instrument=self.info.instrument))
+            step = "zooprocess_legend" if self.strip_legend else ""
+            scan.records.append(RawRecord(m.path, m, self.label_of(m.path), instrument=self.info.instrument, step=step))
         return scan
