@@ -49,7 +49,25 @@ from plankton_train.errors import CorruptSample, StreamError
 
 log = logging.getLogger(__name__)
 
-_MAX_OPEN = 64  # open shard file descriptors per worker (LRU)
+
+def _max_open() -> int:
+    """Open shard files each worker keeps (an LRU): a quarter of the descriptor limit, 64 to 1024.
+
+    Batches draw samples from all over the set and read them in shard order, so an LRU smaller than the
+    number of tars reopens almost every tar for every batch: at 443 tars, 64 cost a third of an epoch's time
+    (``benchmarks/bench_scale.py``). The rest of the limit is left to the DataLoader (tensors it passes between
+    processes travel as file descriptors).
+    """
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    return 1024 if soft == resource.RLIM_INFINITY else max(64, min(1024, soft // 4))
+
+
+_MAX_OPEN = _max_open()  # open shard file descriptors per worker (LRU)
 _AUG_TAG = 0x61756721  # separates the augmentation seed stream from the permutation stream
 
 
