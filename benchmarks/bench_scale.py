@@ -148,7 +148,8 @@ def _status(pid: int) -> tuple[str, int, int] | None:
 _WRAPPER = """
 import json, resource, subprocess, sys
 code = subprocess.call(sys.argv[2:])
-json.dump({"rc": code, "maxrss_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024},
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"rc": code, "maxrss_children": ru.ru_maxrss * 1024, "cpu_s": ru.ru_utime + ru.ru_stime},
           open(sys.argv[1], "w"))
 sys.exit(code)
 """
@@ -198,6 +199,7 @@ def measure(cmd: list[str], cwd: Path, log: Path, interval: float = 0.1) -> dict
         "worker_peak_anon": max((v["peak_anon"] for v in others), default=0),
         "processes": [{"pid": pid, **v} for pid, v in sorted(peaks.items())],
         "max_rss_any": rusage["maxrss_children"],
+        "cpu_s": rusage["cpu_s"],  # user + system seconds of every process of the stage: steadier than wall time
     }
 
 
@@ -242,6 +244,7 @@ def _mib(b: float) -> str:
 def _line(n: int, stage: str, rec: dict) -> str:
     return (
         f"  {n:>7,}  {stage:<7} {rec['wall_s']:8.1f} s  {1000 * rec['wall_s'] / n:7.3f} s/1k  "
+        f"cpu {1000 * rec['cpu_s'] / n:7.3f} s/1k  "
         f"parent {_mib(rec['parent_peak_rss'])} MiB (heap {_mib(rec['parent_peak_anon'])})  "
         f"workers {_mib(rec['worker_peak_rss'])} MiB (heap {_mib(rec['worker_peak_anon'])})  "
         f"load {rec['load_before']:.1f}"
@@ -335,14 +338,16 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def report(results: list[dict]) -> str:
     lines = [
-        "| N | stage | wall s | s per 1k | parent peak RSS (heap) MiB | largest worker (heap) MiB | processes | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | stage | wall s | wall s per 1k | CPU s per 1k | parent peak RSS (heap) MiB | largest worker (heap) MiB"
+        " | processes | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for stage, s in r["stages"].items():
             extra = " (identical)" if s.get("identical") else ""
             lines.append(
                 f"| {r['n']:,} | {stage}{extra} | {s['wall_s']:.1f} | {1000 * s['wall_s'] / r['n']:.3f} | "
+                f"{1000 * s['cpu_s'] / r['n']:.3f} | "
                 f"{_mib(s['parent_peak_rss'])} ({_mib(s['parent_peak_anon'])}) | "
                 f"{_mib(s['worker_peak_rss'])} ({_mib(s['worker_peak_anon'])}) | {len(s['processes'])} | "
                 f"{s['load_before']:.1f}-{s['load_after']:.1f} |"
@@ -361,12 +366,17 @@ def report(results: list[dict]) -> str:
             f"{lo['epoch_s']:.1f} | {lo['import_s']:.1f} | {lo['table']} |"
         )
     ns = [r["n"] for r in results]
-    lines += ["", "| stage | time = a + b N: a s, b s per 1k | parent heap = c + d N: c MiB, d bytes/sample |"]
-    lines += ["|---|---|---|"]
+    lines += [
+        "",
+        "| stage | wall = a + b N: a s, b s per 1k | CPU = a + b N: a s, b s per 1k"
+        " | parent heap = c + d N: c MiB, d bytes/sample |",
+        "|---|---|---|---|",
+    ]
     for stage in STAGES:
         a, b = _fit(ns, [r["stages"][stage]["wall_s"] for r in results])
+        ca, cb = _fit(ns, [r["stages"][stage]["cpu_s"] for r in results])
         c, d = _fit(ns, [r["stages"][stage]["parent_peak_anon"] for r in results])
-        lines.append(f"| {stage} | {a:.1f}, {1000 * b:.3f} | {c / 2**20:.0f}, {d:.0f} |")
+        lines.append(f"| {stage} | {a:.1f}, {1000 * b:.3f} | {ca:.1f}, {1000 * cb:.3f} | {c / 2**20:.0f}, {d:.0f} |")
     lines += [
         "",
         "unique pixel_sha256: " + ", ".join(f"{r['unique_pixels']:,} of {r['n']:,}" for r in results),
