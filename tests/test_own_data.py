@@ -173,6 +173,11 @@ def test_the_chain_takes_a_user_dataset(tmp_path):
     res = _cli("preview", "lab_scope", "--out", str(tmp_path / "preview.png"), *base)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "preview.png").stat().st_size > 1000
+    # the default selection is the built-in datasets only (the paper's sets stay the paper's); --add mixes yours in
+    res = _cli("shard", "--name", "paper_only", *base)
+    assert res.returncode == 1 and "empty selection" in res.stderr
+    res = _cli("shard", "--name", "added", "--add", "lab_scope", "--samples-per-shard", "4", *base)
+    assert res.returncode == 0 and read_index(tmp_path / "shards/added").total == 8, res.stderr
     res = _cli("shard", "--name", "lab_scope", *base)
     assert res.returncode == 1 and "dataset id" in res.stderr
     res = _cli("shard", "--name", "x", "--include", "not_ingested", *base)

@@ -42,11 +42,19 @@ def shard_cmd(
     name: Annotated[str, typer.Option("--name", help="Shard-set name: writes shards/NAME/, manifests/NAME.parquet.")],
     include: Annotated[
         list[str] | None,
-        typer.Option("--include", "-i", help="Dataset to mix in (repeat). Default: every ingested dataset."),
+        typer.Option("--include", "-i", help="Dataset to mix in (repeat). Default: every ingested built-in dataset."),
     ] = None,
     exclude: Annotated[
         list[str] | None,
         typer.Option("--exclude", "-x", help="Dataset to leave out (repeat); daplankton gives the no-daplankton set."),
+    ] = None,
+    add: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--add",
+            "-a",
+            help="Your own dataset (ingest folder|csv|ecotaxa|ifcb) to mix in on top of the selection (repeat).",
+        ),
     ] = None,
     samples_per_shard: Annotated[int, typer.Option(min=1, help="Samples in every tar (all hold exactly this).")] = 2000,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the global shuffle.")] = 0,
@@ -78,6 +86,7 @@ def shard_cmd(
             name,
             include=include or (),
             exclude=exclude or (),
+            add=add or (),
             shards_root=shards,
             manifests_root=manifests,
             samples_per_shard=samples_per_shard,

@@ -2,7 +2,7 @@
 
 Selection, in this order (every input row gets exactly one fate, so ``inputs = kept + removed``):
 
-1. rows of the included datasets (default: every ingested dataset that is not excluded);
+1. rows of the included datasets (default: every ingested built-in dataset that is not excluded, plus ``add``);
 1b. ``split_rule``: rows whose native ``split`` the dataset registry leaves out of pretraining
    (:attr:`~plankton_data.ingest.adapters.base.AdapterInfo.pretrain_splits`: Kaggle NDSB keeps only its unlabelled
    test images, as the paper does); ``all_splits`` keeps them;
@@ -72,7 +72,7 @@ from plankton_data.format.manifest import (
     read_manifest,
     validate,
 )
-from plankton_data.ingest.adapters import ingested_datasets
+from plankton_data.ingest.adapters import DATASET_IDS, ingested_datasets
 from plankton_data.shardset.copy import Layout, SourceTars, check_sources, plan_layout, prefetch_files, write_tars
 from plankton_data.shardset.select import (
     REASONS,
@@ -140,6 +140,7 @@ def build_shard_set(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    add: Sequence[str] = (),
     shards_root: Path | str = "shards",
     manifests_root: Path | str = "manifests",
     samples_per_shard: int = 2000,
@@ -154,8 +155,11 @@ def build_shard_set(
 
     Args:
         name: shard-set name (``[a-z0-9_-]``, not a dataset id).
-        include: dataset ids to mix; empty means every ingested dataset that is not excluded.
+        include: dataset ids to mix; empty means every ingested built-in dataset that is not excluded (so
+            ``exclude=["daplankton"]`` is the paper's set, whatever else was ingested beside it).
         exclude: dataset ids to leave out; when ingested, their images also feed the leak guard.
+        add: datasets mixed in on top of that selection: your own (``ingest folder|csv|ecotaxa|ifcb``), the
+            paper's "target data in pretraining" setting.
         shards_root: folder of the ingested shard folders; the set is written beside them.
         manifests_root: folder of the ingested manifests; the set's manifest is written there.
         samples_per_shard: samples in every tar (every tar holds exactly this many).
@@ -171,7 +175,7 @@ def build_shard_set(
     """
     start = time.perf_counter()
     shards_root, manifests_root = Path(shards_root), Path(manifests_root)
-    included, excluded = _resolve(name, include, exclude, shards_root, manifests_root, samples_per_shard)
+    included, excluded = _resolve(name, include, exclude, add, shards_root, manifests_root, samples_per_shard)
     if seed < 0:
         raise PlanktonDataError(f"seed must be 0 or more (numpy seeds are non-negative), not {seed}")
     with output_lock(shards_root / name):  # one writer per set name: refused at once, never waits
@@ -267,7 +271,13 @@ def build_shard_set(
 
 
 def _resolve(
-    name: str, include: Sequence[str], exclude: Sequence[str], shards_root: Path, manifests_root: Path, per_shard: int
+    name: str,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    add: Sequence[str],
+    shards_root: Path,
+    manifests_root: Path,
+    per_shard: int,
 ) -> tuple[list[str], list[str]]:
     """Included and excluded ids in registry order (user datasets after the built-in ones), after checking the
     arguments."""
@@ -276,17 +286,18 @@ def _resolve(
         raise PlanktonDataError(f"shard-set name {name!r} must match [a-z0-9][a-z0-9_-]* and not be a dataset id")
     if per_shard < 1:
         raise PlanktonDataError(f"samples per shard must be at least 1, not {per_shard}")
-    if unknown := [d for d in (*include, *exclude) if d not in known]:
+    if unknown := [d for d in (*include, *exclude, *add) if d not in known]:
         raise UnknownDataset(
             f"unknown dataset {unknown[0]!r}; choose one of: {', '.join(known)} (your own data: ingest it first)"
         )
-    both = sorted(set(include) & set(exclude))
+    both = sorted((set(include) | set(add)) & set(exclude))
     if both:
         raise PlanktonDataError(f"{', '.join(both)} cannot be both included and excluded")
     excluded = [d for d in known if d in exclude]
     if include:
-        return [d for d in known if d in include], excluded
-    included = [d for d in known if d not in exclude and (manifests_root / f"{d}.parquet").is_file()]
+        return [d for d in known if d in include or d in add], excluded
+    builtin = [d for d in DATASET_IDS if d not in exclude and (manifests_root / f"{d}.parquet").is_file()]
+    included = [d for d in known if d in builtin or d in add]
     if not included:
         raise PlanktonDataError(f"empty selection: no ingested dataset in {manifests_root}/ other than the excluded")
     return included, excluded
