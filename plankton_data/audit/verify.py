@@ -98,22 +98,22 @@ class Row:
 class _TarRows:
     """The manifest's rows grouped by tar name, made into :class:`Row` objects one tar at a time.
 
-    Only the row numbers of each tar are kept (8 bytes a row): Python objects for every row of a 443k-sample
-    manifest at once cost about 2 KB a sample (``benchmarks/bench_scale.py``), one tar's rows a few MB.
+    The columns verify compares are put in tar order once (one Arrow copy of them), and each tar's rows are a
+    zero-copy slice of that: Python objects for every row of a 443k-sample manifest at once cost about 2 KB a
+    sample (``benchmarks/bench_scale.py``), one tar's rows a few MB.
     """
 
     def __init__(self, table: pa.Table | None = None, fields: Sequence[str] = ()) -> None:
-        self.table, self.fields = table, list(fields)
-        self.groups: dict[str, np.ndarray] = {}
+        self.table, self.fields = table, list(fields)  # table: the compared columns, rows in tar order
+        self.groups: dict[str, tuple[int, int]] = {}  # tar -> (first row, rows) in ``table``
 
     def pop(self, tar: str) -> dict[str, Row]:
         """``{key: Row}`` of the rows that point at ``tar`` (in manifest order), forgotten afterwards."""
-        idx = self.groups.pop(tar, None)
-        if idx is None or self.table is None:
+        span = self.groups.pop(tar, None)
+        if span is None or self.table is None:
             return {}
-        rows = pa.array(idx)
-        cols = [self.table.column(c).take(rows).to_pylist() for c in ("key", "offset", "length", "image_sha256")]
-        cols += [self.table.column(c).take(rows).to_pylist() for c in self.fields]
+        part = self.table.slice(*span)
+        cols = [part.column(i).to_pylist() for i in range(part.num_columns)]  # key, offset, length, sha, fields
         return {
             key: Row(offset, length, sha, dict(zip(self.fields, values, strict=True)))
             for key, offset, length, sha, *values in zip(*cols, strict=True)
@@ -149,19 +149,23 @@ def _manifest_rows(folder: Path, index: ShardIndex, manifest: Path | None) -> tu
     if mismatch := manifest_mismatch(index, path):
         problems.append(Problem("", "", mismatch))
     problems += _stats_problems(index, table, path)
-    grouped = _TarRows(table, [c for c in JSON_FIELDS if c in table.column_names])
+    fields = [c for c in JSON_FIELDS if c in table.column_names]
     shards = table.column("shard").combine_chunks().dictionary_encode()
     codes = shards.indices.to_numpy(zero_copy_only=False)
     order = np.argsort(codes, kind="stable")  # row numbers tar by tar, each tar's in manifest order
     bounds = np.searchsorted(codes[order], np.arange(len(shards.dictionary) + 1))
+    names = ["key", "offset", "length", "image_sha256", *fields]
+    compared = pa.table([table.column(c) for c in names], names=[f"{i}" for i in range(len(names))])
+    in_tar_order = compared.take(pa.array(order))
+    grouped = _TarRows(in_tar_order, fields)
     for i, shard in enumerate(shards.dictionary.to_pylist()):
-        idx = order[bounds[i] : bounds[i + 1]]
+        start, count = int(bounds[i]), int(bounds[i + 1] - bounds[i])
         parent, _, name = shard.rpartition("/")
         if parent != folder.name:
-            keys = table.column("key").take(pa.array(idx)).to_pylist()
+            keys = in_tar_order.column(0).slice(start, count).to_pylist()
             problems += [Problem(shard, key, f"manifest row points outside {folder.name}/") for key in keys]
             continue
-        grouped.groups[name] = idx
+        grouped.groups[name] = (start, count)
     return grouped, problems
 
 
