@@ -66,14 +66,30 @@ SOURCES: dict[str, list[str]] = {
 }
 OTHERS = ["kaggle", "ifcb_png", "ifcb_bins", "zooscan", "diatoms"]
 PRETRAIN_SETS = {"no_zoolake": OTHERS, "with_zoolake": [*OTHERS, TARGET]}
-ARMS = {"random": None, "mae_without_target": "no_zoolake", "mae_with_target": "with_zoolake"}
+#: arm -> (pretraining set, ``plankton-train pretrain --normalization``); None: random init. ``c_dsnorm`` is (c)
+#: with each dataset normalised by its own mean/std in pretraining (the set's single mean/std mixes Kaggle's white
+#: and ZooLake's black backgrounds); it is what fine-tuning then shows the encoder.
+ARMS: dict[str, tuple[str, str] | None] = {
+    "random": None,
+    "mae_without_target": ("no_zoolake", "set"),
+    "mae_with_target": ("with_zoolake", "set"),
+    "mae_with_target_dsnorm": ("with_zoolake", "dataset"),
+}
 LABELS = {
     "random": "(a) random init",
     "mae_without_target": "(b) MAE without ZooLake",
     "mae_with_target": "(c) MAE with ZooLake",
+    "mae_with_target_dsnorm": "(c') (c), per-dataset normalisation",
 }
+SHORT = {"random": "(a)", "mae_without_target": "(b)", "mae_with_target": "(c)", "mae_with_target_dsnorm": "(c')"}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-PAIRS = (("mae_without_target", "random"), ("mae_with_target", "random"), ("mae_with_target", "mae_without_target"))
+PAIRS = (
+    ("mae_without_target", "random"),
+    ("mae_with_target", "random"),
+    ("mae_with_target", "mae_without_target"),
+    ("mae_with_target_dsnorm", "random"),
+    ("mae_with_target_dsnorm", "mae_without_target"),
+)
 log = logging.getLogger("scenarios")
 
 
@@ -140,11 +156,24 @@ def shard_sets(work: Path) -> None:
         stamp.write_text(json.dumps(sources))
 
 
-def pretrain_cmd(work: Path, name: str, args: argparse.Namespace) -> tuple[list[str], Path, dict]:
+def variant(norm: str) -> str:
+    """Folder-name suffix of a pretraining normalisation ("" for the default, the set's mean/std)."""
+    return "" if norm == "set" else f"-pnorm_{norm}"
+
+
+def base(arm: str) -> str:
+    """The experiment's model key and folder stem of an arm: a normalisation variant shares its set's arm name."""
+    pre = ARMS[arm]
+    return arm if pre is None or pre[1] == "set" else next(a for a, p in ARMS.items() if p == (pre[0], "set"))
+
+
+def pretrain_cmd(work: Path, name: str, norm: str, args: argparse.Namespace) -> tuple[list[str], Path, dict]:
     """The ``plankton-train pretrain`` command of one set, its run folder and the settings stamp."""
-    out = work / "pretrain" / name
+    out = work / "pretrain" / f"{name}{variant(norm)}"
     stamp = {"set": _index(work / "shards" / name), "steps": args.pretrain_steps, "model": args.model}
     stamp["batch"] = args.pretrain_batch
+    if variant(norm):
+        stamp["normalization"] = norm
     cmd = [str(BIN / "plankton-train"), "pretrain", "--shard-set", str(work / "shards" / name), "--out", str(out)]
     cmd += ["--model", args.model, "--batch-size", str(args.pretrain_batch), "--eff-batch", str(args.pretrain_batch)]
     cmd += [
@@ -155,7 +184,7 @@ def pretrain_cmd(work: Path, name: str, args: argparse.Namespace) -> tuple[list[
         "--warmup-steps",
         str(max(1, args.pretrain_steps // 20)),
     ]
-    cmd += ["--workers", "1", "--log-every", "50", "--ckpt-every", "0"]
+    cmd += ["--workers", "1", "--log-every", "50", "--ckpt-every", "0", "--normalization", norm]
     return cmd, out, stamp
 
 
@@ -172,11 +201,12 @@ def experiment_config(work: Path, arm: str, fold: int, fractions: list[float], e
 
     cfg = MODELS[args.model]
     kwargs = {k: v for k, v in cfg.timm_args().items() if k != "in_chans"}
-    if ARMS[arm] is None:
+    pre = ARMS[arm]
+    if pre is None:
         kw = ", ".join(f"{k} = {json.dumps(v)}" for k, v in kwargs.items())
         model = f'{{ init = "random", arch = "{cfg.arch}", model_kwargs = {{ {kw} }} }}'
     else:
-        model = f'{{ init = "{work / "pretrain" / ARMS[arm] / "encoder"}" }}'
+        model = f'{{ init = "{work / "pretrain" / f"{pre[0]}{variant(pre[1])}" / "encoder"}" }}'
     text = "\n".join(
         [
             f'manifest = "{work / "manifests" / f"{TARGET}.parquet"}"',
@@ -185,7 +215,7 @@ def experiment_config(work: Path, arm: str, fold: int, fractions: list[float], e
             f"fractions = {json.dumps(fractions)}",
             f"folds = [{fold}]",
             "[models]",
-            f"{arm} = {model}",
+            f"{base(arm)} = {model}",
             "[recipe]",
             f"epochs = {epochs}",
             f"warmup_epochs = {max(1, epochs // 10)}",  # 5 of 50, as the paper
@@ -196,7 +226,8 @@ def experiment_config(work: Path, arm: str, fold: int, fractions: list[float], e
             "",
         ]
     )
-    path = work / "configs" / f"{arm}_{'-'.join(f'{f:g}' for f in fractions)}_fold{fold}_{epochs}ep.toml"
+    stem = base(arm) + (variant(pre[1]) if pre else "")
+    path = work / "configs" / f"{stem}_{'-'.join(f'{f:g}' for f in fractions)}_fold{fold}_{epochs}ep.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -277,6 +308,8 @@ def figure(results, diffs, out: Path, counts: dict[float, float]) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2), sharex=True)
     colours = {"random": "#7f7f7f", "mae_without_target": "#1f77b4", "mae_with_target": "#d62728"}
+    colours["mae_with_target_dsnorm"] = "#ff9f1c"
+    pair_colours = ["#2ca02c", "#d62728", "#9467bd", "#ff9f1c", "#8c564b"]
     fracs = sorted(results["fraction"].unique())
     for j, metric in enumerate(METRICS):
         ax = axes[0, j]
@@ -295,11 +328,11 @@ def figure(results, diffs, out: Path, counts: dict[float, float]) -> None:
         for k, (hi, lo) in enumerate(PAIRS):
             d = diffs[(diffs["metric"] == metric) & (diffs["pair"] == f"{hi} - {lo}")]
             if len(d):
-                off = 1 + (k - 1) * 0.08  # side by side on the log axis
-                ax.scatter(d["fraction"] * off, d["diff"], s=14, color=f"C{k + 2}", alpha=0.7)
+                off = 1 + (k - 2) * 0.07  # side by side on the log axis
+                ax.scatter(d["fraction"] * off, d["diff"], s=14, color=pair_colours[k], alpha=0.7)
                 mean = d.groupby("fraction")["diff"].mean()
-                name = f"{LABELS[hi][:3]} - {LABELS[lo][:3]}"
-                ax.plot(mean.index * off, mean.values, marker="_", ms=14, lw=1, color=f"C{k + 2}", label=name)
+                name = f"{SHORT[hi]} - {SHORT[lo]}"
+                ax.plot(mean.index * off, mean.values, marker="_", ms=14, lw=1, color=pair_colours[k], label=name)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_ylabel("paired difference (points), per fold")
         ax.set_xscale("log")
@@ -308,7 +341,7 @@ def figure(results, diffs, out: Path, counts: dict[float, float]) -> None:
         ax.set_xticklabels([f"{f * 100:g} %\n({counts.get(f, 0):,.0f})" for f in fracs])
         ax.set_xlabel("labelled fraction (mean training images)")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(loc="lower right", fontsize=9)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
     axes[1, 0].legend(loc="best", fontsize=9)
     fig.suptitle("ZooLake (real, 18 classes): initialisation scenarios at CPU scale", fontsize=12)
     fig.tight_layout()
@@ -330,7 +363,11 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2, help="experiments side by side")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    ap.add_argument("--arms", default=",".join(ARMS), help="initialisations to fine-tune (a side measurement: fewer)")
     ap.add_argument("--report-only", action="store_true", help="tables and figure from the cells finished so far")
+    ap.add_argument(
+        "--tag", default="", help="suffix of results/summary/figure names: a side measurement in the same work folder"
+    )
     args = ap.parse_args()
     if args.quick:
         args.pretrain_steps, args.pretrain_batch, args.epochs, args.epochs_full = 8, 64, 1, 1
@@ -341,6 +378,7 @@ def main() -> None:
     if missing:
         sys.exit(f"needs the real data in {REALDATA} (missing {missing[0]})")
     fractions = [float(f) for f in args.fractions.split(",")]
+    tag = f"_{args.tag}" if args.tag else ""
     folds = [int(k) for k in args.folds.split(",")]
     t_start = time.perf_counter()
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -355,20 +393,26 @@ def main() -> None:
 
     jobs: list[dict] = []
     pre_seconds: dict[str, float] = {}
-    for name in PRETRAIN_SETS:
-        cmd, out, stamp = pretrain_cmd(work, name, args)
+    arms = {a: ARMS[a] for a in args.arms.split(",")}
+    for name, norm in sorted({p for p in arms.values() if p}):
+        cmd, out, stamp = pretrain_cmd(work, name, norm, args)
         if pretrain_done(out, stamp):
-            pre_seconds[name] = json.loads((out / "bench_stamp.json").read_text()).get("seconds", float("nan"))
+            pre_seconds[out.name] = json.loads((out / "bench_stamp.json").read_text()).get("seconds", float("nan"))
             continue
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
 
-        def _stamp(seconds: float, out=out, stamp=stamp, name=name) -> None:
-            pre_seconds[name] = seconds
+        def _stamp(seconds: float, out=out, stamp=stamp) -> None:
+            pre_seconds[out.name] = seconds
             (out / "bench_stamp.json").write_text(json.dumps({**stamp, "seconds": seconds}))
 
         jobs.append(
-            {"name": f"pretrain_{name}", "cmd": cmd, "log": work / "logs" / f"pretrain_{name}.log", "done": _stamp}
+            {
+                "name": f"pretrain_{out.name}",
+                "cmd": cmd,
+                "log": work / "logs" / f"pretrain_{out.name}.log",
+                "done": _stamp,
+            }
         )
     low, full = [f for f in fractions if f < 1], [f for f in fractions if f >= 1]
     if args.quick:  # the second recipe on the largest quick fraction, so the quick run walks the same path
@@ -378,45 +422,48 @@ def main() -> None:
     # whole folds; the 100 % column last. Random-init cells start as soon as a slot is free.
     for column, fracs, epochs in (("low", low, args.epochs), ("full", full, args.epochs_full)):
         for fold in folds:
-            for arm, pre in ARMS.items():
+            for arm, pre in arms.items():
                 if not fracs:
                     continue
                 cfg = experiment_config(work, arm, fold, fracs, epochs, args)
-                out = work / "finetune" / f"{arm}_{column}_fold{fold}_{epochs}ep"
-                exp_dirs.append(out)
-                after = [f"pretrain_{pre}"] if pre and f"pretrain_{pre}" in {j["name"] for j in jobs} else []
+                stem = base(arm) + (variant(pre[1]) if pre else "")
+                out = work / "finetune" / f"{stem}_{column}_fold{fold}_{epochs}ep"
+                exp_dirs.append((arm, out))
+                needs = f"pretrain_{pre[0]}{variant(pre[1])}" if pre else ""
+                after = [needs] if needs in {j["name"] for j in jobs} else []
                 cmd = [str(BIN / "plankton-train"), "experiment", str(cfg), "--out", str(out)]
                 jobs.append({"name": out.name, "cmd": cmd, "log": work / "logs" / f"{out.name}.log", "after": after})
     if not args.report_only:
         run_jobs(jobs, args.jobs, args.threads)
-    exp_dirs = [d for d in exp_dirs if (d / "results.csv").is_file()]
+    exp_dirs = [(a, d) for a, d in exp_dirs if (d / "results.csv").is_file()]
 
     import pandas as pd
 
-    results = pd.concat([pd.read_csv(d / "results.csv") for d in exp_dirs], ignore_index=True)
+    # the model column names the arm (a normalisation variant ran under its set's arm name, in its own folder)
+    results = pd.concat([pd.read_csv(d / "results.csv").assign(model=a) for a, d in exp_dirs], ignore_index=True)
     results = results.sort_values(["model", "fraction", "fold"]).reset_index(drop=True)
-    results.to_csv(work / "results.csv", index=False)
+    results.to_csv(work / f"results{tag}.csv", index=False)
     _run(
         [
             str(BIN / "plankton-train"),
             "report",
-            str(work / "results.csv"),
+            str(work / f"results{tag}.csv"),
             "--out",
-            str(work / "report"),
+            str(work / f"report{tag}"),
             "--confusion-fractions",
             ",".join(f"{f:g}" for f in fractions[-1:]),
         ]
     )
     diffs = paired(results, fractions)
-    diffs.to_csv(work / "paired.csv", index=False)
+    diffs.to_csv(work / f"paired{tag}.csv", index=False)
     n_train = results.groupby("fraction")["n_train"].mean().to_dict()
-    figure(results, diffs, work / "scenarios.png", n_train)
+    figure(results, diffs, work / f"scenarios{tag}.png", n_train)
 
     lines = [f"# ZooLake scenarios, CPU ({os.cpu_count()} cores), work {work}", ""]
     lines += ["Test metrics, % (mean ± std over folds " + ",".join(map(str, folds)) + "):", ""]
     head = "| arm | metric | " + " | ".join(f"{f * 100:g} % ({n_train[f]:,.0f} img)" for f in fractions) + " |"
     lines += [head, "|" + "---|" * (len(fractions) + 2)]
-    for arm in ARMS:
+    for arm in arms:
         for metric in METRICS:
             cells = []
             for f in fractions:
@@ -426,7 +473,7 @@ def main() -> None:
     lines += ["", "Paired differences per fold, points (mean; per fold in fold order):", ""]
     lines += ["| pair | metric | " + " | ".join(f"{f * 100:g} %" for f in fractions) + " |"]
     lines += ["|" + "---|" * (len(fractions) + 2)]
-    for hi, lo in PAIRS:
+    for hi, lo in [p for p in PAIRS if p[0] in arms and p[1] in arms]:
         for metric in METRICS:
             cells = []
             for f in fractions:
@@ -449,7 +496,7 @@ def main() -> None:
     lines += [f"ImageNet init (a): {refusal}"]
     lines += [f"Settings: {json.dumps({k: str(v) for k, v in vars(args).items()})}"]
     lines += [f"Wall: {time.perf_counter() - t_start:.0f} s", ""]
-    (work / "summary.md").write_text("\n".join(lines))
+    (work / f"summary{tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
