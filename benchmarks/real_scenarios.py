@@ -8,13 +8,16 @@ Target: ZooLake (``../shared/realdata/lake_zooplankton/data.zip``, 18 classes, 1
   images (``kaggle/test.zip``, 5,016), ZooProcess vignettes, IFCB PNGs and raw bins, diatom crops - never ZooLake.
 * (c) ``mae_with_target``: the same sources plus ZooLake's images without labels (all of them, as the paper's
   "with target data" setting: pixels of every fold's test images, never a label).
+* (c') ``mae_with_target_dsnorm``: (c) pretrained with ``--normalization dataset`` (each source with its own
+  mean/std). Not a paper arm: it measures why (c) falls short with the set's single mean/std
+  (docs/finetuning.md, "Three scenarios over label fractions").
 
 Pipeline (each step is skipped when its output exists, so a rerun only redoes what is missing):
 
 1. ``plankton-data ingest`` every source at ``--size`` px (``zoolake``, ``kaggle``; the small sets through
    ``ingest folder --unlabelled`` and ``ingest ifcb``).
 2. ``plankton-data shard`` two pretraining sets: ``no_zoolake`` and ``with_zoolake`` (``--drop-duplicates``).
-3. ``plankton-train pretrain`` the ``--model`` MAE on each, ``--pretrain-steps`` steps of 256 images.
+3. ``plankton-train pretrain`` the ``--model`` MAE per arm, ``--pretrain-steps`` steps of 256 images.
 4. ``plankton-train splits`` on ZooLake (the paper's 5 folds, 15 % validation, nested 1/5/10/100 %).
 5. ``plankton-train experiment`` per (arm, fold, column): the 1/5/10 % columns with ``--epochs``, the 100 %
    column with ``--epochs-full`` (the expensive one); ``--jobs`` experiments run side by side, each on one
@@ -26,7 +29,7 @@ Pipeline (each step is skipped when its output exists, so a rerun only redoes wh
 
 Run from the repository root::
 
-    nice -n 5 .venv/bin/python benchmarks/real_scenarios.py                  # the full run, runs/scenarios
+    nice -n 5 .venv/bin/python benchmarks/real_scenarios.py                  # the full run, runs/scenarios (~2 h)
     .venv/bin/python benchmarks/real_scenarios.py --quick                     # the chain in a few minutes
 """
 
@@ -296,7 +299,7 @@ def paired(results, fractions: list[float]):
                         rows.append(
                             {"fraction": frac, "metric": metric, "pair": f"{hi} - {lo}", "fold": fold, "diff": d}
                         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["fraction", "metric", "pair", "fold", "diff"])
 
 
 def figure(results, diffs, out: Path, counts: dict[float, float]) -> None:
