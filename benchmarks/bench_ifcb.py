@@ -152,9 +152,8 @@ def main() -> None:
     print(f"single-core floor (cut+pad+resize+encode): {f:8.0f} ROI/s")
     print(f"ingest ifcb --workers 1:                   {r1:8.0f} ROI/s  ({r1 / f:.2f}x floor)")
     print(f"ingest ifcb --workers 2:                   {r2:8.0f} ROI/s  ({r2 / f:.2f}x floor)")
-    print(
-        f"peak RSS, 2 workers: main {w2[0]['peak_rss_main_mb']:.0f} MB, largest worker {w2[0]['peak_rss_worker_mb']:.0f} MB"
-    )
+    main_mb, worker_mb = w2[0]["peak_rss_main_mb"], w2[0]["peak_rss_worker_mb"]
+    print(f"peak RSS, 2 workers: main {main_mb:.0f} MB, largest worker {worker_mb:.0f} MB")
 
 
 if __name__ == "__main__":
