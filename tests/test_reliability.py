@@ -627,7 +627,7 @@ def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
 def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_path):
     """SIGINT to the whole process group (what Ctrl-C in a terminal does), workers included."""
 
-    raw = big_kaggle_zip(tmp_path / "train.zip", 3000)
+    raw = big_kaggle_zip(tmp_path / "train.zip", 6000)  # long enough that the interrupt lands mid-run
     args = ["ingest", "kaggle", "--raw", str(raw), "-w", "2", "--records-per-shard", "100"]
     ref = cli(*args, "--shards", tmp_path / "ref" / "s", "--manifests", tmp_path / "ref" / "m")
     assert ref.returncode == 0
@@ -635,8 +635,11 @@ def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_p
     proc = subprocess.Popen([str(PD), *args, *roots], start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.time() + 60
-    while time.time() < deadline and not list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the interrupt must land mid-run (the ingest ended before a shard was seen)"
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
