@@ -624,6 +624,14 @@ def test_sigkill_of_a_parallel_ingest_leaves_no_worker_processes(tmp_path):
     assert not left, f"orphaned processes: {left}"
 
 
+def _interactive_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal's shell leaves it (default action, not blocked). A child
+    inherits an ignored or blocked SIGINT from its parent, and earlier code in the test process may leave it so
+    (a full-suite CI run once saw the ingest run to the end, exit 0, through the interrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_path):
     """SIGINT to the whole process group (what Ctrl-C in a terminal does), workers included."""
 
@@ -633,7 +641,7 @@ def test_ctrl_c_of_a_parallel_ingest_is_one_line_and_exit_130_then_resumes(tmp_p
     assert ref.returncode == 0
     roots = ["--shards", str(tmp_path / "s"), "--manifests", str(tmp_path / "m")]
     proc = subprocess.Popen([str(PD), *args, *roots], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_interactive_sigint)  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if list((tmp_path / "s").glob(".kaggle.staging-*/*.rows.parquet")):
