@@ -19,14 +19,13 @@ same type-row rule as this reader; the package is GPL-3.0 (this project is MIT) 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import posixpath
 import re
 
 from plankton_data.errors import PlanktonDataError
 from plankton_data.ingest.adapters.base import RawRecord, Scan, SourceInfo
 from plankton_data.ingest.adapters.own import own_info, skip_junk
+from plankton_data.ingest.adapters.table import read_table
 from plankton_data.ingest.sources import Member, RawTree, is_image
 
 KIND = SourceInfo(
@@ -51,12 +50,7 @@ def read_ecotaxa_tsv(data: bytes, name: str) -> list[dict[str, str]]:
 
     Raises :class:`PlanktonDataError` (one line) when the table has no ``img_file_name`` column.
     """
-    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig", errors="replace")), delimiter="\t"))
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
-        raise PlanktonDataError(f"{name} is empty")
-    header = [c.strip() for c in rows[0]]
-    body = rows[1:]
+    header, body = read_table(data, name)  # a .tsv: tab-separated
     if body and all(c.strip() in ("[t]", "[f]") for c in body[0] if c.strip()):
         body = body[1:]
     if "img_file_name" not in header:

@@ -14,8 +14,6 @@ bin id, the ROI number and position, and the bin's ``ml_analyzed`` and the heade
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
@@ -70,8 +68,8 @@ class IfcbSource:
 
     def open_tree(self, raw: Path, max_member_bytes: int) -> RawTree:
         """A folder or zip as usual; one bin file stands for its bin (the three files beside it)."""
-        if raw.is_file() and ifcb.bin_parts(raw.name):
-            bin_id, _ = ifcb.bin_parts(raw.name) or ("", "")
+        if raw.is_file() and (parts := ifcb.bin_parts(raw.name)):
+            bin_id = parts[0]
             siblings = [raw.with_name(f"{bin_id}.{ext}") for ext in _EXTENSIONS]
             return RawTree.of_files([p for p in siblings if p.is_file()], max_member_bytes=max_member_bytes)
         return RawTree(raw, max_member_bytes=max_member_bytes)
@@ -140,12 +138,3 @@ class IfcbSource:
                     pixels=RawPixels(r.start, r.height, r.width),
                 )
             )
-
-
-def labels_csv_text(labels: dict[str, str]) -> str:
-    """A ``file_name,class_name`` CSV of ``labels`` (what :func:`read_labels` reads): for fixtures and docs."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file_name", "class_name"])
-    writer.writerows((f"{name}.png", cls) for name, cls in sorted(labels.items()))
-    return out.getvalue()
